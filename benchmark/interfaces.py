@@ -1,0 +1,92 @@
+"""The contracts between the engine and its components (see DESIGN.md, "The contracts").
+
+These are structural Protocols: a defense or attack written outside the project implements the
+methods; it does not need to inherit anything.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Protocol, Sequence, runtime_checkable
+
+import numpy as np
+
+ABSTAIN = -1
+
+
+@dataclass(frozen=True)
+class Certificate:
+    """A defense's certificate for one example.
+
+    `radius` is in the defense's own `unit` (words for l0 masking, latent_l2 for CISS, l2 for image
+    smoothing, synonym_set for SAFER/CROWD/IBP). `certified` means the prediction is correct and
+    provably constant within `radius`.
+    """
+
+    prediction: int
+    certified: bool
+    radius: float
+    unit: str
+    abstained: bool = False
+    p_lower: float | None = None
+    samples: int = 0
+
+
+@dataclass(frozen=True)
+class AttackOutcome:
+    """One attacked example: what the defended model predicts on the adversarial input."""
+
+    adversarial: Any
+    prediction: int
+    success: bool
+    queries: int
+    perturbation: float
+    extra: dict = field(default_factory=dict)
+
+
+@runtime_checkable
+class DefendedModel(Protocol):
+    """What a defense deploys. `predict` is the real decision rule and may abstain (-1)."""
+
+    num_classes: int
+
+    def predict(self, xs: Sequence) -> np.ndarray: ...
+
+    def probs(self, xs: Sequence) -> np.ndarray: ...
+
+
+@runtime_checkable
+class Certifier(Protocol):
+    """A defended model that also certifies: one Certificate per (x, y), seeded, at level alpha."""
+
+    unit: str
+
+    def certify(self, xs: Sequence, ys: np.ndarray, alpha: float, seed: int) -> list[Certificate]: ...
+
+
+@runtime_checkable
+class Differentiable(Protocol):
+    """A defended image model with a differentiable surrogate of its decision rule for white-box
+    attacks: logits of an (N, C, H, W) float tensor in [0, 1]. For a randomized or
+    non-differentiable rule this is the named surrogate (EOT, BPDA), not the rule itself."""
+
+    def logits(self, x): ...
+
+
+@runtime_checkable
+class Defense(Protocol):
+    def build(self, task, model_spec, config: dict, context) -> DefendedModel: ...
+
+
+@runtime_checkable
+class Attack(Protocol):
+    threat: str
+
+    def run(self, model: DefendedModel, xs: Sequence, ys: np.ndarray,
+            seed: int) -> list[AttackOutcome]: ...
+
+
+@runtime_checkable
+class Poisoner(Protocol):
+    def poison(self, train, rate: float, target_label: int, seed: int): ...
+
+    def trigger(self, xs: Sequence[str], seed: int) -> list[str]: ...

@@ -1,0 +1,125 @@
+"""Text classifiers share one contract so defenses and attacks can treat them alike:
+
+- `model.tokenizer(texts) -> (input_ids, attention_mask)` as LongTensors (padded),
+- `model.tokenizer.mask_token`, the string a masking defense substitutes for a word,
+- `model.embedding`, the input embedding layer (white-box attacks work in its space),
+- `model.forward_embeddings(embeddings, attention_mask) -> logits`, differentiable,
+- `model(input_ids, attention_mask) -> logits` and `model.classify(texts) -> logits`.
+"""
+from __future__ import annotations
+
+from collections import Counter
+from typing import Sequence
+
+import torch
+from torch import nn
+
+from benchmark.registry import register_model
+
+PAD, UNK, MASK = "<pad>", "<unk>", "<mask>"
+
+
+def split_words(text: str) -> list[str]:
+    return text.lower().split()
+
+
+class WordTokenizer:
+    """Whitespace word vocabulary built from the training text (and the substitution table, so that
+    substitutes are known words, as in Jia et al.)."""
+
+    mask_token = MASK
+
+    def __init__(self, words: Sequence[str], max_length: int = 64):
+        self.itos = [PAD, UNK, MASK] + [w for w in words if w not in (PAD, UNK, MASK)]
+        self.stoi = {word: index for index, word in enumerate(self.itos)}
+        self.max_length = max_length
+
+    @classmethod
+    def from_texts(cls, texts: Sequence[str], extra_words: Sequence[str] = (), min_count: int = 1,
+                   max_length: int = 64) -> "WordTokenizer":
+        counts = Counter(word for text in texts for word in split_words(text))
+        words = sorted(w for w, c in counts.items() if c >= min_count)
+        known = set(words)
+        words += sorted(set(extra_words) - known)
+        return cls(words, max_length)
+
+    def __len__(self) -> int:
+        return len(self.itos)
+
+    def ids(self, text: str) -> list[int]:
+        unk = self.stoi[UNK]
+        return [self.stoi.get(w, unk) for w in split_words(text)][: self.max_length] or [unk]
+
+    def __call__(self, texts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        rows = [self.ids(t) for t in texts]
+        width = max(len(r) for r in rows)
+        input_ids = torch.zeros(len(rows), width, dtype=torch.long)
+        attention_mask = torch.zeros(len(rows), width, dtype=torch.long)
+        for i, row in enumerate(rows):
+            input_ids[i, : len(row)] = torch.tensor(row)
+            attention_mask[i, : len(row)] = 1
+        return input_ids, attention_mask
+
+    def state(self) -> dict:
+        return {"itos": self.itos, "max_length": self.max_length}
+
+
+class TextClassifier(nn.Module):
+    """Base of the word-level text classifiers; subclasses define `forward_embeddings`."""
+
+    def __init__(self, tokenizer: WordTokenizer, embedding_dim: int):
+        super().__init__()
+        self.tokenizer = tokenizer
+        self.embedding = nn.Embedding(len(tokenizer), embedding_dim, padding_idx=0)
+
+    def forward_embeddings(self, embeddings: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        return self.forward_embeddings(self.embedding(input_ids), attention_mask)
+
+    def classify(self, texts: Sequence[str]) -> torch.Tensor:
+        device = self.embedding.weight.device
+        input_ids, attention_mask = self.tokenizer(texts)
+        return self(input_ids.to(device), attention_mask.to(device))
+
+    # The vocabulary travels with the weights so a cached model is self-describing.
+    def get_extra_state(self):
+        return self.tokenizer.state()
+
+    def set_extra_state(self, state):
+        if state["itos"] != self.tokenizer.itos:
+            raise ValueError("cached text model was trained with a different vocabulary")
+
+
+def word_tokenizer_for(task, max_length: int = 64) -> WordTokenizer:
+    extra = sorted(task.substitutions.vocabulary()) if task.substitutions is not None else []
+    return WordTokenizer.from_texts(task.train.xs, extra, max_length=max_length)
+
+
+class TextCNN(TextClassifier):
+    """Kim (2014) CNN: parallel convolutions over word embeddings, max-pooled over time."""
+
+    def __init__(self, tokenizer, num_classes, embedding_dim=64, filters=64, kernel_sizes=(3, 4, 5),
+                 dropout=0.3):
+        super().__init__(tokenizer, embedding_dim)
+        self.kernel_sizes = tuple(kernel_sizes)
+        self.convolutions = nn.ModuleList(nn.Conv1d(embedding_dim, filters, k) for k in kernel_sizes)
+        self.dropout = nn.Dropout(dropout)
+        self.output = nn.Linear(filters * len(kernel_sizes), num_classes)
+
+    def forward_embeddings(self, embeddings, attention_mask):
+        embeddings = embeddings * attention_mask.unsqueeze(-1).to(embeddings.dtype)
+        width = max(self.kernel_sizes)
+        if embeddings.shape[1] < width:  # pad short texts so every kernel fits
+            embeddings = nn.functional.pad(embeddings, (0, 0, 0, width - embeddings.shape[1]))
+        x = embeddings.transpose(1, 2)
+        pooled = [torch.relu(conv(x)).amax(dim=2) for conv in self.convolutions]
+        return self.output(self.dropout(torch.cat(pooled, dim=1)))
+
+
+@register_model("textcnn", modality="text")
+def textcnn(task, embedding_dim: int = 64, filters: int = 64, kernel_sizes=(3, 4, 5),
+            dropout: float = 0.3, max_length: int = 64) -> TextCNN:
+    return TextCNN(word_tokenizer_for(task, max_length), task.num_classes, embedding_dim, filters,
+                   kernel_sizes, dropout)

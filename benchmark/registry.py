@@ -1,0 +1,142 @@
+"""One registry type for tasks, models, defenses, attacks and poisoners (in the manner of timm's).
+
+Components register by decorator with tags. The project's own `defenses` and `attacks` packages,
+and any outside package, are discovered through the `rbench.plugins` entry-point group; a single
+file can be loaded with `--plugin path.py`. The engine never imports a defense or attack by name.
+"""
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import pkgutil
+import sys
+from dataclasses import dataclass, field
+from importlib.metadata import entry_points
+from pathlib import Path
+from typing import Any, Callable
+
+from benchmark.errors import UsageError
+
+ENTRY_POINT_GROUP = "rbench.plugins"
+
+
+@dataclass(frozen=True)
+class Entry:
+    name: str
+    obj: Any
+    tags: dict = field(default_factory=dict)
+    source: str = ""
+
+
+class Registry:
+    def __init__(self, kind: str):
+        self.kind = kind
+        self._entries: dict[str, Entry] = {}
+
+    def register(self, name: str, **tags) -> Callable[[Any], Any]:
+        def decorator(obj):
+            existing = self._entries.get(name)
+            module = getattr(obj, "__module__", "")
+            if existing is not None and existing.source != module:
+                raise UsageError(
+                    f"{self.kind} '{name}' is registered twice ({existing.source} and {module}); "
+                    f"rename one of them")
+            self._entries[name] = Entry(name, obj, dict(tags), module)
+            return obj
+        return decorator
+
+    def get(self, name: str) -> Entry:
+        load_plugins()
+        if name not in self._entries:
+            valid = ", ".join(sorted(self._entries)) or "(none registered)"
+            raise UsageError(f"unknown {self.kind} '{name}'; valid {self.kind} names: {valid}")
+        return self._entries[name]
+
+    def names(self) -> list[str]:
+        load_plugins()
+        return sorted(self._entries)
+
+    def entries(self) -> list[Entry]:
+        return [self._entries[name] for name in self.names()]
+
+    def __contains__(self, name: str) -> bool:
+        load_plugins()
+        return name in self._entries
+
+
+TASKS = Registry("task")
+MODELS = Registry("model")
+DEFENSES = Registry("defense")
+ATTACKS = Registry("attack")
+POISONERS = Registry("poisoner")
+
+REGISTRIES = {"tasks": TASKS, "models": MODELS, "defenses": DEFENSES, "attacks": ATTACKS,
+              "poisoners": POISONERS}
+
+
+def register_task(name: str, *, modality: str, **tags):
+    return TASKS.register(name, modality=modality, **tags)
+
+
+def register_model(name: str, *, modality: str, **tags):
+    return MODELS.register(name, modality=modality, **tags)
+
+
+def register_defense(name: str, *, modality: str, certifies: bool = False, unit: str | None = None,
+                     **tags):
+    """`modality` is "text", "image" or "any"; `unit` is the certificate's radius unit."""
+    return DEFENSES.register(name, modality=modality, certifies=certifies, unit=unit, **tags)
+
+
+def register_attack(name: str, *, modality: str, threat: str, **tags):
+    """`threat` is the perturbation family: word_sub, char, linf, l2, backdoor."""
+    return ATTACKS.register(name, modality=modality, threat=threat, **tags)
+
+
+def register_poisoner(name: str, **tags):
+    return POISONERS.register(name, modality="text", **tags)
+
+
+def _import_package_tree(module_name: str) -> None:
+    """Import a plugin module and, if it is a package, every module inside it."""
+    module = importlib.import_module(module_name)
+    if hasattr(module, "__path__"):
+        for info in pkgutil.walk_packages(module.__path__, prefix=module_name + "."):
+            importlib.import_module(info.name)
+
+
+_loaded = False
+
+
+def load_plugins() -> None:
+    """Import the engine's own tasks and models, then every entry point of the plugin group."""
+    global _loaded
+    if _loaded:
+        return
+    _loaded = True
+    import benchmark.data  # noqa: F401  (registers the tasks)
+    import benchmark.models  # noqa: F401  (registers the architectures)
+    for entry_point in entry_points(group=ENTRY_POINT_GROUP):
+        _import_package_tree(entry_point.value)
+
+
+def load_plugin_file(path: str | Path) -> None:
+    """Load a single outside file that registers components (`--plugin path.py`)."""
+    path = Path(path)
+    if not path.is_file():
+        raise UsageError(f"plugin file not found: {path}; pass the path of a .py file that "
+                         f"registers components with benchmark.registry decorators")
+    module_name = f"rbench_plugin_{path.stem}"
+    if module_name in sys.modules:
+        return
+    spec = importlib.util.spec_from_file_location(module_name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[module_name] = module
+    load_plugins()
+    try:
+        spec.loader.exec_module(module)
+    except UsageError:
+        raise
+    except Exception as error:
+        del sys.modules[module_name]
+        raise UsageError(f"plugin {path} failed to load: {type(error).__name__}: {error}") from error

@@ -1,0 +1,141 @@
+"""Frozen specifications of what a cell is made of, with stable content hashes.
+
+A spec is a registered name plus its parameters. Its hash is computed from canonical JSON, so two
+specs with the same content hash the same on every machine and in every run.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+
+def canonical_json(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), default=str)
+
+
+def content_hash(value: Any, length: int = 16) -> str:
+    return hashlib.sha256(canonical_json(value).encode()).hexdigest()[:length]
+
+
+@dataclass(frozen=True)
+class Spec:
+    """A registered component by name with its parameters (kept as canonical JSON so it is hashable)."""
+
+    kind: str
+    name: str
+    params_json: str = "{}"
+
+    @classmethod
+    def make(cls, name: str, params: dict | None = None) -> "Spec":
+        return cls(name=name, params_json=canonical_json(params or {}))  # type: ignore[call-arg]
+
+    @property
+    def params(self) -> dict:
+        return json.loads(self.params_json)
+
+    def to_dict(self) -> dict:
+        return {"kind": self.kind, "name": self.name, "params": self.params}
+
+    @property
+    def hash(self) -> str:
+        return content_hash(self.to_dict())
+
+
+@dataclass(frozen=True)
+class TaskSpec(Spec):
+    kind: str = field(default="task", init=False)
+    name: str = ""
+    params_json: str = "{}"
+
+
+@dataclass(frozen=True)
+class ModelSpec(Spec):
+    kind: str = field(default="model", init=False)
+    name: str = ""
+    params_json: str = "{}"
+
+
+@dataclass(frozen=True)
+class DefenseSpec(Spec):
+    kind: str = field(default="defense", init=False)
+    name: str = ""
+    params_json: str = "{}"
+
+
+@dataclass(frozen=True)
+class AttackSpec(Spec):
+    kind: str = field(default="attack", init=False)
+    name: str = ""
+    params_json: str = "{}"
+
+    @property
+    def threat_id(self) -> str:
+        """The threat model's identity: the attack and every parameter that constrains it."""
+        return f"{self.name}-{self.hash[:8]}"
+
+
+@dataclass(frozen=True)
+class PoisonSpec(Spec):
+    kind: str = field(default="poisoner", init=False)
+    name: str = ""
+    params_json: str = "{}"
+
+
+@dataclass(frozen=True)
+class Protocol:
+    """How a cell is evaluated: which test examples, in which batches, with which statistics."""
+
+    seed: int = 0
+    n_examples: int = 100
+    batch_size: int = 50
+    alpha: float = 0.05
+    certify: bool = True
+
+    def to_dict(self) -> dict:
+        return {"seed": self.seed, "n_examples": self.n_examples, "batch_size": self.batch_size,
+                "alpha": self.alpha, "certify": self.certify}
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One unit of evaluation. `attack` None means clean accuracy (and certification, if offered).
+
+    `task_label`, `defense_label` and `attack_label` are the suite's entry names, shown on
+    leaderboards; the hashes of the specs, not the labels, identify the cell in the store.
+    """
+
+    task: TaskSpec
+    model: ModelSpec
+    defense: DefenseSpec
+    attack: AttackSpec | None
+    protocol: Protocol
+    task_label: str
+    defense_label: str
+    attack_label: str | None = None
+    poison: PoisonSpec | None = None
+
+    def to_dict(self) -> dict:
+        return {
+            "task": self.task.to_dict(), "model": self.model.to_dict(),
+            "defense": self.defense.to_dict(),
+            "attack": self.attack.to_dict() if self.attack else None,
+            "poison": self.poison.to_dict() if self.poison else None,
+            "protocol": self.protocol.to_dict(),
+        }
+
+    @property
+    def id(self) -> str:
+        return content_hash(self.to_dict())
+
+    @property
+    def threat_id(self) -> str:
+        return self.attack.threat_id if self.attack else "clean"
+
+    def describe(self) -> str:
+        parts = [self.task_label, self.model.name, self.defense_label]
+        if self.poison:
+            parts.append(f"poison={self.poison.name}")
+        parts.append(self.attack_label or "clean")
+        return " / ".join(parts)
