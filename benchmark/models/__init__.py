@@ -6,7 +6,7 @@ import inspect
 from torch import nn
 
 from benchmark.errors import UsageError
-from benchmark.models import text, vision  # noqa: F401  (registers the architectures)
+from benchmark.models import text, vision, hf, resnet  # noqa: F401  (registers the architectures)
 from benchmark.specs import ModelSpec
 
 

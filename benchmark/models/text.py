@@ -13,7 +13,9 @@ from typing import Sequence
 
 import torch
 from torch import nn
+from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
+from benchmark.errors import UsageError
 from benchmark.registry import register_model
 
 PAD, UNK, MASK = "<pad>", "<unk>", "<mask>"
@@ -123,3 +125,40 @@ def textcnn(task, embedding_dim: int = 64, filters: int = 64, kernel_sizes=(3, 4
             dropout: float = 0.3, max_length: int = 64) -> TextCNN:
     return TextCNN(word_tokenizer_for(task, max_length), task.num_classes, embedding_dim, filters,
                    kernel_sizes, dropout)
+
+
+class BiLSTM(TextClassifier):
+    """Bidirectional LSTM over word embeddings, pooled (mean or max) over the real words only."""
+
+    def __init__(self, tokenizer, num_classes, embedding_dim=64, hidden_size=64, num_layers=1,
+                 pooling="mean", dropout=0.3):
+        super().__init__(tokenizer, embedding_dim)
+        if pooling not in ("mean", "max"):
+            raise UsageError(f"bilstm pooling must be 'mean' or 'max', not {pooling!r}")
+        self.pooling = pooling
+        self.lstm = nn.LSTM(embedding_dim, hidden_size, num_layers=num_layers, batch_first=True,
+                            bidirectional=True, dropout=dropout if num_layers > 1 else 0.0)
+        self.dropout = nn.Dropout(dropout)
+        self.output = nn.Linear(2 * hidden_size, num_classes)
+
+    def forward_embeddings(self, embeddings, attention_mask):
+        # Packing keeps padding out of the backward direction, so a text's logits do not depend on
+        # how long the other texts in its batch are.
+        lengths = attention_mask.sum(dim=1).clamp(min=1).cpu()
+        packed = pack_padded_sequence(embeddings, lengths, batch_first=True, enforce_sorted=False)
+        hidden, _ = pad_packed_sequence(self.lstm(packed)[0], batch_first=True,
+                                        total_length=embeddings.shape[1])
+        mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
+        if self.pooling == "mean":
+            pooled = (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1)
+        else:
+            pooled = hidden.masked_fill(mask == 0, torch.finfo(hidden.dtype).min).amax(dim=1)
+        return self.output(self.dropout(pooled))
+
+
+@register_model("bilstm", modality="text")
+def bilstm(task, embedding_dim: int = 64, hidden_size: int = 64, num_layers: int = 1,
+           pooling: str = "mean", dropout: float = 0.3, max_length: int = 64) -> BiLSTM:
+    """Bidirectional LSTM over word embeddings with masked mean or max pooling."""
+    return BiLSTM(word_tokenizer_for(task, max_length), task.num_classes, embedding_dim, hidden_size,
+                  num_layers, pooling, dropout)
