@@ -6,7 +6,7 @@ from functools import lru_cache
 from pathlib import Path
 
 from benchmark.data.base import Example, Split, SubstitutionTable, Task  # noqa: F401
-from benchmark.data import embedded  # noqa: F401  (registers digits, ctoy, toy-sentiment)
+from benchmark.data import embedded, real  # noqa: F401  (register the embedded and real tasks)
 from benchmark.errors import UsageError
 from benchmark.specs import TaskSpec
 
