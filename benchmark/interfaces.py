@@ -33,11 +33,10 @@ class Certificate:
 
 @dataclass(frozen=True)
 class AttackOutcome:
-    """One attacked example: what the defended model predicts on the adversarial input."""
+    """One attacked example: the adversarial input, the queries spent and the perturbation size (in the
+    attack's threat unit). The harness itself asks the defense for its prediction on `adversarial`."""
 
     adversarial: Any
-    prediction: int
-    success: bool
     queries: int
     perturbation: float
     extra: dict = field(default_factory=dict)

@@ -1,0 +1,1 @@
+"""The project's attack adapters: one module per attack, found through the rbench.plugins entry point."""

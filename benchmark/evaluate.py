@@ -1,0 +1,232 @@
+"""Runs a suite's cells: builds (or reuses) each defended model, evaluates a seeded sample of test
+examples in fixed batches, and writes per-example outcomes to the store a batch at a time."""
+from __future__ import annotations
+
+import datetime
+import hashlib
+import inspect
+import os
+import platform
+import subprocess
+import sys
+import traceback
+from importlib import metadata
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from benchmark.data import load_task
+from benchmark.errors import UsageError
+from benchmark.interfaces import ABSTAIN
+from benchmark.models import build_model
+from benchmark.paths import REPO_ROOT, default_cache_dir
+from benchmark.registry import ATTACKS, DEFENSES, MODELS
+from benchmark.specs import Cell, content_hash
+from benchmark.store import Store
+from benchmark.suite import Suite
+from benchmark.train import set_seed
+
+PACKAGES = ["torch", "numpy", "scipy", "statsmodels", "scikit-learn", "transformers", "tokenizers",
+            "datasets", "textattack", "torchattacks", "pyautoattack", "pandas", "tabulate"]
+
+
+def default_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+class BuildContext:
+    """What a defense gets to build its model: the device, the seed, and a cache of trained weights
+    keyed by the content hash of everything that shaped them."""
+
+    def __init__(self, cache_dir: Path, key: str, seed: int, device: torch.device):
+        self.cache_dir = Path(cache_dir)
+        self.key = key
+        self.seed = seed
+        self.device = device
+
+    def build_model(self, model_spec, task) -> torch.nn.Module:
+        return build_model(model_spec, task).to(self.device)
+
+    def path(self, name: str) -> Path:
+        """A cache file for this build's artifacts (weights, poisoned data, tables)."""
+        return self.cache_dir / f"{self.key}-{name}"
+
+    def trained(self, module: torch.nn.Module, train, name: str = "model") -> torch.nn.Module:
+        """Load `module`'s weights from the cache, or call `train(module)` and cache the result."""
+        path = self.path(f"{name}.pt")
+        if path.exists():
+            module.load_state_dict(torch.load(path, map_location=self.device, weights_only=False))
+            return module.eval()
+        train(module)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        partial = path.with_suffix(f".partial{os.getpid()}")
+        torch.save(module.state_dict(), partial)
+        os.replace(partial, path)  # atomic: a killed run never leaves a truncated model behind
+        return module.eval()
+
+
+def source_hash(*objects) -> str:
+    """Hash of the source files defining `objects`: the code version part of a cache key."""
+    digest = hashlib.sha256()
+    for path in sorted({inspect.getsourcefile(obj) for obj in objects}):
+        digest.update(Path(path).read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def build_cache_key(cell: Cell, task) -> str:
+    defense = DEFENSES.get(cell.defense.name).obj
+    model = MODELS.get(cell.model.name).obj
+    code = source_hash(defense, model, set_seed)
+    return content_hash({"task": cell.task.to_dict(), "data": task.checksums(),
+                         "model": cell.model.to_dict(), "defense": cell.defense.to_dict(),
+                         "poison": cell.poison.to_dict() if cell.poison else None, "code": code})
+
+
+def build_defended(cell: Cell, task, cache_dir: Path, device: torch.device | None = None):
+    entry = DEFENSES.get(cell.defense.name)
+    context = BuildContext(cache_dir, build_cache_key(cell, task), cell.task.params.get("seed", 0),
+                           device or default_device())
+    set_seed(context.seed)
+    return entry.obj().build(task, cell.model, cell.defense.params, context)
+
+
+def make_attack(cell: Cell):
+    return ATTACKS.get(cell.attack.name).obj(cell.attack.params)
+
+
+def sample_indices(n_available: int, n_examples: int, seed: int) -> np.ndarray:
+    """The fixed, seeded sample of test examples a cell evaluates (sorted, so batches are stable)."""
+    rng = np.random.default_rng(seed)
+    count = min(n_examples, n_available)
+    return np.sort(rng.choice(n_available, size=count, replace=False))
+
+
+def batch_seed(protocol_seed: int, cell_id: str, batch_index: int) -> int:
+    return int(content_hash([protocol_seed, cell_id, batch_index], 8), 16)
+
+
+def check_predictions(predictions, n: int, num_classes: int, who: str) -> np.ndarray:
+    predictions = np.asarray(predictions)
+    if predictions.shape != (n,):
+        raise UsageError(f"{who}.predict returned shape {predictions.shape}, expected ({n},): one "
+                         f"label per input")
+    if not np.issubdtype(predictions.dtype, np.integer):
+        raise UsageError(f"{who}.predict returned dtype {predictions.dtype}; return integer labels")
+    if ((predictions < ABSTAIN) | (predictions >= num_classes)).any():
+        raise UsageError(f"{who}.predict returned labels outside -1..{num_classes - 1}")
+    return predictions.astype(np.int64)
+
+
+def stack_inputs(inputs: list, like):
+    return np.stack(inputs).astype(np.float32) if isinstance(like, np.ndarray) else list(inputs)
+
+
+def evaluate_batch(cell: Cell, defended, attack, xs, ys: np.ndarray, indices: np.ndarray,
+                   seed: int, num_classes: int) -> list[dict]:
+    set_seed(seed)
+    who = f"defense '{cell.defense_label}'"
+    clean = check_predictions(defended.predict(xs), len(ys), num_classes, who)
+    rows = [{"example_index": int(i), "label": int(y), "clean_prediction": int(p)}
+            for i, y, p in zip(indices, ys, clean)]
+    if attack is not None:
+        outcomes = attack.run(defended, xs, ys, seed)
+        if len(outcomes) != len(ys):
+            raise UsageError(f"attack '{cell.attack_label}' returned {len(outcomes)} outcomes for "
+                             f"{len(ys)} inputs")
+        adversarial = stack_inputs([o.adversarial for o in outcomes], xs)
+        attacked = check_predictions(defended.predict(adversarial), len(ys), num_classes, who)
+        for row, outcome, prediction in zip(rows, outcomes, attacked):
+            row.update(adversarial_prediction=int(prediction),
+                       success=int(row["clean_prediction"] == row["label"] and prediction != row["label"]),
+                       queries=int(outcome.queries), perturbation=float(outcome.perturbation),
+                       adversarial_text=outcome.adversarial if isinstance(outcome.adversarial, str) else None,
+                       extra=outcome.extra)
+    elif cell.protocol.certify and hasattr(defended, "certify"):
+        certificates = defended.certify(xs, ys, cell.protocol.alpha, seed)
+        for row, certificate in zip(rows, certificates):
+            row.update(certified=int(certificate.certified), radius=float(certificate.radius),
+                       abstained=int(certificate.abstained), p_lower=certificate.p_lower,
+                       extra={"samples": certificate.samples, "certified_prediction": certificate.prediction})
+    return rows
+
+
+def run_cell(cell: Cell, suite_name: str, store: Store, task, cache_dir: Path,
+             device: torch.device | None = None) -> str:
+    """Evaluate one cell, resuming after its last finished batch. Returns the cell's status."""
+    attack = make_attack(cell) if cell.attack is not None else None
+    description = attack.describe() if attack is not None else "no attack (clean inputs)"
+    unit = DEFENSES.get(cell.defense.name).tags.get("unit")
+    indices = sample_indices(len(task.test), cell.protocol.n_examples, cell.protocol.seed)
+    size = cell.protocol.batch_size
+    batches = [indices[start:start + size] for start in range(0, len(indices), size)]
+    store.open_cell(suite_name, cell, len(batches), description, unit)
+    if store.cell_status(cell.id) == "done":
+        return "done"
+    todo = [b for b in range(len(batches)) if b not in store.done_batches(cell.id)]
+    if todo:
+        defended = build_defended(cell, task, cache_dir, device)
+        for batch_index in tqdm(todo, desc=cell.describe(), leave=False):
+            batch = batches[batch_index]
+            rows = evaluate_batch(cell, defended, attack, task.test.inputs(batch),
+                                  task.test.ys[batch], batch,
+                                  batch_seed(cell.protocol.seed, cell.id, batch_index),
+                                  task.num_classes)
+            store.write_batch(cell.id, batch_index, rows)
+    store.finish_cell(cell.id)
+    return "done"
+
+
+def run_manifest(suite: Suite, tasks: dict) -> dict:
+    def version(package):
+        try:
+            return metadata.version(package)
+        except metadata.PackageNotFoundError:
+            return None
+
+    def git(*args):
+        try:
+            return subprocess.run(["git", *args], cwd=REPO_ROOT, capture_output=True, text=True,
+                                  timeout=10).stdout.strip() or None
+        except (OSError, subprocess.SubprocessError):
+            return None
+
+    device = default_device()
+    return {
+        "suite": suite.name, "suite_file": str(suite.path), "suite_sha256": suite.sha256,
+        "seed": suite.seed, "git_commit": git("rev-parse", "HEAD"),
+        "git_dirty": bool(git("status", "--porcelain", "--untracked-files=no")),
+        "packages": {p: version(p) for p in PACKAGES}, "python": platform.python_version(),
+        "device": torch.cuda.get_device_name(0) if device.type == "cuda" else f"cpu ({os.cpu_count()} cores)",
+        "torch_threads": torch.get_num_threads(),
+        "data": {label: {"source": task.source, "checksums": task.checksums()}
+                 for label, task in tasks.items()},
+        "protocols": sorted({str(cell.protocol.to_dict()) for cell in suite.cells}),
+    }
+
+
+def run_suite(suite: Suite, store: Store, cache_dir: Path | None = None,
+              device: torch.device | None = None) -> dict[str, int]:
+    """Run every cell of the suite; returns a count of cells per final status."""
+    cache_dir = cache_dir or default_cache_dir()
+    # Load every task first, so bad data is reported before any cell runs.
+    tasks = {}
+    for cell in suite.cells:
+        if cell.task_label not in tasks:
+            tasks[cell.task_label] = load_task(cell.task, suite.data_root)
+    store.add_run(suite.name, datetime.datetime.now(datetime.timezone.utc).isoformat(),
+                  run_manifest(suite, tasks))
+    counts: dict[str, int] = {}
+    for cell in tqdm(suite.cells, desc=f"suite {suite.name}"):
+        try:
+            status = run_cell(cell, suite.name, store, tasks[cell.task_label], cache_dir, device)
+        except Exception as error:  # one broken cell must not stop the others; it is recorded
+            reason = str(error) if isinstance(error, UsageError) else f"{type(error).__name__}: {error}"
+            store.fail_cell(cell.id, reason)
+            if not isinstance(error, UsageError):
+                traceback.print_exc()
+            print(f"cell {cell.describe()} failed: {reason}", file=sys.stderr)
+            status = "failed"
+        counts[status] = counts.get(status, 0) + 1
+    return counts

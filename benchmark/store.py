@@ -1,0 +1,209 @@
+"""The results store: one SQLite file holding run manifests, cells and per-example outcomes.
+
+Outcomes are written a batch at a time in one transaction together with the batch's marker, so a
+run killed at any point (Ctrl-C, kill -9) keeps every finished batch and loses no finished example;
+re-running skips the batches already marked. WAL journaling lets several writers share the file.
+"""
+from __future__ import annotations
+
+import json
+import sqlite3
+from dataclasses import dataclass
+from pathlib import Path
+
+from benchmark.errors import UsageError
+from benchmark.specs import Cell, canonical_json
+
+# Marks a file as an rbench store, so a foreign SQLite file is refused, never overwritten.
+APPLICATION_ID = 0x52424E43  # "RBNC"
+SCHEMA_VERSION = 1
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS runs (
+    run_id INTEGER PRIMARY KEY AUTOINCREMENT,
+    suite TEXT NOT NULL,
+    started_at TEXT NOT NULL,
+    manifest TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS cells (
+    cell_id TEXT PRIMARY KEY,
+    suite TEXT NOT NULL,
+    task TEXT NOT NULL,
+    model TEXT NOT NULL,
+    defense TEXT NOT NULL,
+    attack TEXT,
+    threat_id TEXT NOT NULL,
+    threat_description TEXT NOT NULL,
+    certificate_unit TEXT,
+    spec TEXT NOT NULL,
+    n_batches INTEGER NOT NULL,
+    status TEXT NOT NULL CHECK (status IN ('running', 'done', 'failed', 'not_run')),
+    reason TEXT
+);
+CREATE TABLE IF NOT EXISTS batches (
+    cell_id TEXT NOT NULL REFERENCES cells(cell_id),
+    batch_index INTEGER NOT NULL,
+    PRIMARY KEY (cell_id, batch_index)
+);
+CREATE TABLE IF NOT EXISTS outcomes (
+    cell_id TEXT NOT NULL REFERENCES cells(cell_id),
+    example_index INTEGER NOT NULL,
+    batch_index INTEGER NOT NULL,
+    label INTEGER NOT NULL,
+    clean_prediction INTEGER NOT NULL,
+    adversarial_prediction INTEGER,
+    success INTEGER,
+    queries INTEGER,
+    perturbation REAL,
+    certified INTEGER,
+    radius REAL,
+    abstained INTEGER,
+    p_lower REAL,
+    adversarial_text TEXT,
+    extra TEXT,
+    PRIMARY KEY (cell_id, example_index)
+);
+"""
+
+OUTCOME_COLUMNS = ("example_index", "label", "clean_prediction", "adversarial_prediction", "success",
+                   "queries", "perturbation", "certified", "radius", "abstained", "p_lower",
+                   "adversarial_text", "extra")
+
+
+@dataclass(frozen=True)
+class CellRecord:
+    cell_id: str
+    suite: str
+    task: str
+    model: str
+    defense: str
+    attack: str | None
+    threat_id: str
+    threat_description: str
+    certificate_unit: str | None
+    spec: dict
+    n_batches: int
+    status: str
+    reason: str | None
+
+
+class Store:
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        is_new = not self.path.exists() or self.path.stat().st_size == 0
+        try:
+            self.db = sqlite3.connect(self.path, timeout=60, isolation_level=None)
+            self.db.row_factory = sqlite3.Row
+            if is_new:
+                self._create()
+            else:
+                self._check()
+        except sqlite3.DatabaseError as error:
+            raise UsageError(f"{self.path} is not a readable rbench results store ({error}); "
+                             f"move it away or pass another --store path") from error
+
+    def _create(self) -> None:
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute(f"PRAGMA application_id={APPLICATION_ID}")
+        self.db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+        self.db.executescript(SCHEMA)
+
+    def _check(self) -> None:
+        application_id = self.db.execute("PRAGMA application_id").fetchone()[0]
+        if application_id != APPLICATION_ID:
+            raise UsageError(f"{self.path} is an SQLite file but not an rbench results store; "
+                             f"it was left untouched: pass another --store path")
+        version = self.db.execute("PRAGMA user_version").fetchone()[0]
+        if version != SCHEMA_VERSION:
+            raise UsageError(f"{self.path} has store schema {version}, this rbench reads "
+                             f"{SCHEMA_VERSION}; use a new --store path")
+        self.db.execute("PRAGMA journal_mode=WAL")
+
+    def close(self) -> None:
+        self.db.close()
+
+    # Runs ------------------------------------------------------------------------------------
+    def add_run(self, suite: str, started_at: str, manifest: dict) -> int:
+        cursor = self.db.execute("INSERT INTO runs (suite, started_at, manifest) VALUES (?, ?, ?)",
+                                 (suite, started_at, canonical_json(manifest)))
+        return cursor.lastrowid
+
+    def runs(self, suite: str) -> list[dict]:
+        rows = self.db.execute("SELECT * FROM runs WHERE suite = ? ORDER BY run_id", (suite,))
+        return [{**dict(row), "manifest": json.loads(row["manifest"])} for row in rows]
+
+    # Cells -----------------------------------------------------------------------------------
+    def open_cell(self, suite: str, cell: Cell, n_batches: int, threat_description: str,
+                  certificate_unit: str | None) -> None:
+        """Register a cell (idempotent); a failed cell is retried, a finished one is left alone."""
+        self.db.execute(
+            "INSERT INTO cells (cell_id, suite, task, model, defense, attack, threat_id, "
+            "threat_description, certificate_unit, spec, n_batches, status) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'running') "
+            "ON CONFLICT(cell_id) DO UPDATE SET status = 'running', reason = NULL "
+            "WHERE status IN ('failed', 'not_run')",
+            (cell.id, suite, cell.task_label, cell.model.name, cell.defense_label, cell.attack_label,
+             cell.threat_id, threat_description, certificate_unit, canonical_json(cell.to_dict()),
+             n_batches))
+
+    def cell_status(self, cell_id: str) -> str | None:
+        row = self.db.execute("SELECT status FROM cells WHERE cell_id = ?", (cell_id,)).fetchone()
+        return row["status"] if row else None
+
+    def finish_cell(self, cell_id: str) -> None:
+        self.db.execute("UPDATE cells SET status = 'done' WHERE cell_id = ?", (cell_id,))
+
+    def fail_cell(self, cell_id: str, reason: str, status: str = "failed") -> None:
+        self.db.execute("UPDATE cells SET status = ?, reason = ? WHERE cell_id = ?",
+                        (status, reason, cell_id))
+
+    def cells(self, suite: str, status: str | None = None) -> list[CellRecord]:
+        query = "SELECT * FROM cells WHERE suite = ?"
+        args: tuple = (suite,)
+        if status is not None:
+            query += " AND status = ?"
+            args += (status,)
+        rows = self.db.execute(query + " ORDER BY task, defense, attack", args).fetchall()
+        return [CellRecord(**{**dict(row), "spec": json.loads(row["spec"])}) for row in rows]
+
+    # Outcomes --------------------------------------------------------------------------------
+    def done_batches(self, cell_id: str) -> set[int]:
+        rows = self.db.execute("SELECT batch_index FROM batches WHERE cell_id = ?", (cell_id,))
+        return {row[0] for row in rows}
+
+    def write_batch(self, cell_id: str, batch_index: int, outcomes: list[dict]) -> None:
+        """Write a batch's outcomes and its marker atomically: all of them or none."""
+        placeholders = ", ".join("?" for _ in range(len(OUTCOME_COLUMNS) + 2))
+        rows = [(cell_id, batch_index, *(_sql_value(o.get(c)) for c in OUTCOME_COLUMNS))
+                for o in outcomes]
+        self.db.execute("BEGIN IMMEDIATE")
+        try:
+            self.db.executemany(
+                f"INSERT INTO outcomes (cell_id, batch_index, {', '.join(OUTCOME_COLUMNS)}) "
+                f"VALUES ({placeholders})", rows)
+            self.db.execute("INSERT INTO batches (cell_id, batch_index) VALUES (?, ?)",
+                            (cell_id, batch_index))
+            self.db.execute("COMMIT")
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
+
+    def outcomes(self, cell_id: str) -> list[dict]:
+        rows = self.db.execute(
+            f"SELECT batch_index, {', '.join(OUTCOME_COLUMNS)} FROM outcomes WHERE cell_id = ? "
+            "ORDER BY example_index", (cell_id,))
+        result = []
+        for row in rows:
+            record = dict(row)
+            record["extra"] = json.loads(record["extra"]) if record["extra"] else {}
+            result.append(record)
+        return result
+
+
+def _sql_value(value):
+    if isinstance(value, dict):
+        return canonical_json(value) if value else None
+    if hasattr(value, "item"):  # numpy scalars
+        return value.item()
+    return value

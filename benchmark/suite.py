@@ -1,0 +1,199 @@
+"""Suite files (TOML): which tasks, models, defenses and attacks to pair, and the protocol.
+
+    name = "mini"
+    seed = 0
+    [protocol]            # n_examples, batch_size, alpha, certify
+    [tasks.<label>]       # task = registered name (default: label), params, model, model_params,
+                          # train = {epochs, lr, ...}, protocol = {overrides}
+    [defenses.<label>]    # defense = registered name (default: label), params, tasks = [labels],
+                          # per_task.<task label> = {param overrides}
+    [attacks.<label>]     # attack = registered name (default: label), same keys as defenses
+
+Every compatible (task, defense) pair gets a clean cell, and one cell per compatible attack.
+"""
+from __future__ import annotations
+
+import hashlib
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from benchmark.errors import UsageError
+from benchmark.registry import ATTACKS, DEFENSES, TASKS, MODELS
+from benchmark.train import TRAIN_DEFAULTS
+from benchmark.specs import AttackSpec, Cell, DefenseSpec, ModelSpec, Protocol, TaskSpec
+
+SUITES_DIR = Path(__file__).parent / "suites"
+TOP_LEVEL_KEYS = {"name", "description", "seed", "data_root", "protocol", "tasks", "defenses",
+                  "attacks"}
+TASK_KEYS = {"task", "params", "model", "model_params", "train", "protocol"}
+COMPONENT_KEYS = {"params", "tasks", "per_task"}
+PROTOCOL_TYPES = {"seed": int, "n_examples": int, "batch_size": int, "alpha": float, "certify": bool}
+
+
+@dataclass
+class Suite:
+    name: str
+    path: Path
+    sha256: str
+    seed: int
+    data_root: Path | None
+    description: str = ""
+    cells: list[Cell] = field(default_factory=list)
+
+
+def resolve_suite_path(name_or_path: str) -> Path:
+    path = Path(name_or_path)
+    if path.suffix == ".toml" or path.exists():
+        if not path.is_file():
+            raise UsageError(f"suite file not found: {path}")
+        return path
+    builtin = SUITES_DIR / f"{name_or_path}.toml"
+    if not builtin.is_file():
+        valid = ", ".join(sorted(p.stem for p in SUITES_DIR.glob("*.toml")))
+        raise UsageError(f"unknown suite '{name_or_path}'; built-in suites: {valid}, "
+                         f"or pass the path of a .toml file")
+    return builtin
+
+
+def _expect(value, expected_type, where: str, what: str):
+    ok = isinstance(value, expected_type) and not (expected_type in (int, float) and isinstance(value, bool))
+    if expected_type is float and isinstance(value, int) and not isinstance(value, bool):
+        ok = True
+    if not ok:
+        raise UsageError(f"{where}: expected {what}, got {type(value).__name__} {value!r}")
+    return value
+
+
+def resolve_config(defaults: dict, given: dict, where: str) -> dict:
+    """Defaults overridden by the suite's values; unknown keys and wrong types are errors."""
+    unknown = sorted(set(given) - set(defaults))
+    if unknown:
+        raise UsageError(f"{where}: unknown parameter(s) {', '.join(unknown)}; valid parameters: "
+                         f"{', '.join(sorted(defaults)) or '(none)'}")
+    config = dict(defaults)
+    for key, value in given.items():
+        default = defaults[key]
+        if default is not None and not isinstance(default, (list, tuple)):
+            _expect(value, float if isinstance(default, float) else type(default),
+                    f"{where}, key '{key}'", type(default).__name__)
+        config[key] = float(value) if isinstance(default, float) else value
+    return config
+
+
+def _protocol(base: dict, overrides: dict, where: str) -> Protocol:
+    merged = {**base, **overrides}
+    for key, value in merged.items():
+        if key not in PROTOCOL_TYPES:
+            raise UsageError(f"{where}: unknown protocol key '{key}'; valid: "
+                             f"{', '.join(PROTOCOL_TYPES)}")
+        _expect(value, PROTOCOL_TYPES[key], f"{where}, key '{key}'", PROTOCOL_TYPES[key].__name__)
+    protocol = Protocol(**merged)
+    if protocol.n_examples <= 0 or protocol.batch_size <= 0:
+        raise UsageError(f"{where}: n_examples and batch_size must be positive")
+    if not 0 < protocol.alpha < 1:
+        raise UsageError(f"{where}: alpha must be in (0, 1), got {protocol.alpha}")
+    return protocol
+
+
+def _table(raw: dict, key: str, where: str) -> dict:
+    value = raw.get(key, {})
+    return _expect(value, dict, f"{where}, key '{key}'", "a table")
+
+
+def load_suite(name_or_path: str, data_root: str | Path | None = None) -> Suite:
+    path = resolve_suite_path(name_or_path)
+    content = path.read_bytes()
+    try:
+        raw = tomllib.loads(content.decode("utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as error:
+        raise UsageError(f"suite file {path} is not valid TOML: {error}") from error
+    where = str(path)
+    unknown = sorted(set(raw) - TOP_LEVEL_KEYS)
+    if unknown:
+        raise UsageError(f"{where}: unknown top-level key(s) {', '.join(unknown)}; valid: "
+                         f"{', '.join(sorted(TOP_LEVEL_KEYS))}")
+    name = _expect(raw.get("name", path.stem), str, f"{where}, key 'name'", "a string")
+    seed = _expect(raw.get("seed", 0), int, f"{where}, key 'seed'", "an integer")
+    root = data_root or raw.get("data_root")
+    suite = Suite(name, path, hashlib.sha256(content).hexdigest(), seed,
+                  Path(root) if root else None, raw.get("description", ""))
+    base_protocol = {"seed": seed, **_table(raw, "protocol", where)}
+    tasks = _table(raw, "tasks", where)
+    defenses = _table(raw, "defenses", where)
+    attacks = _table(raw, "attacks", where)
+    for section, entries in (("tasks", tasks), ("defenses", defenses)):
+        if not entries:
+            raise UsageError(f"{where}: the suite needs at least one entry under [{section}]")
+
+    for task_label, task_raw in tasks.items():
+        task_where = f"{where}, [tasks.{task_label}]"
+        _expect(task_raw, dict, task_where, "a table")
+        bad = sorted(set(task_raw) - TASK_KEYS)
+        if bad:
+            raise UsageError(f"{task_where}: unknown key(s) {', '.join(bad)}; valid: "
+                             f"{', '.join(sorted(TASK_KEYS))}")
+        task_name = task_raw.get("task", task_label)
+        task_entry = TASKS.get(task_name)
+        modality = task_entry.tags["modality"]
+        if "model" not in task_raw:
+            raise UsageError(f"{task_where}: missing key 'model' (one of: "
+                             f"{', '.join(e.name for e in MODELS.entries() if e.tags['modality'] == modality)})")
+        model_entry = MODELS.get(task_raw["model"])
+        if model_entry.tags["modality"] != modality:
+            raise UsageError(f"{task_where}: model '{model_entry.name}' is for "
+                             f"{model_entry.tags['modality']} tasks, this task is {modality}")
+        task_spec = TaskSpec.make(task_name, {"seed": seed, **_table(task_raw, "params", task_where)})
+        model_spec = ModelSpec.make(model_entry.name, _table(task_raw, "model_params", task_where))
+        train = _table(task_raw, "train", task_where)
+        bad = sorted(set(train) - set(TRAIN_DEFAULTS))
+        if bad:
+            raise UsageError(f"{task_where}, key 'train': unknown key(s) {', '.join(bad)}; valid: "
+                             f"{', '.join(TRAIN_DEFAULTS)}")
+        protocol = _protocol(base_protocol, _table(task_raw, "protocol", task_where), task_where)
+
+        for defense_label, defense_raw in defenses.items():
+            defense_spec = _component_spec(DEFENSES, "defenses", "defense", defense_label,
+                                           defense_raw, task_label, modality, where, train)
+            if defense_spec is None:
+                continue
+            suite.cells.append(Cell(task_spec, model_spec, defense_spec, None, protocol,
+                                    task_label, defense_label))
+            for attack_label, attack_raw in attacks.items():
+                attack_spec = _component_spec(ATTACKS, "attacks", "attack", attack_label,
+                                              attack_raw, task_label, modality, where, {})
+                if attack_spec is not None:
+                    suite.cells.append(Cell(task_spec, model_spec, defense_spec, attack_spec,
+                                            protocol, task_label, defense_label, attack_label))
+    if not suite.cells:
+        raise UsageError(f"{where}: no (task, defense) pair is compatible; check the modalities "
+                         f"and `tasks` lists")
+    return suite
+
+
+def _component_spec(registry, section, name_key, label, raw, task_label, modality, where, train):
+    entry_where = f"{where}, [{section}.{label}]"
+    _expect(raw, dict, entry_where, "a table")
+    bad = sorted(set(raw) - COMPONENT_KEYS - {name_key})
+    if bad:
+        raise UsageError(f"{entry_where}: unknown key(s) {', '.join(bad)}; valid: "
+                         f"{', '.join(sorted(COMPONENT_KEYS | {name_key}))}")
+    entry = registry.get(raw.get(name_key, label))
+    only = raw.get("tasks")
+    if only is not None and task_label not in _expect(only, list, f"{entry_where}, key 'tasks'", "a list"):
+        return None
+    if entry.tags["modality"] not in ("any", modality):
+        if only is not None:
+            raise UsageError(f"{entry_where}: {name_key} '{entry.name}' is for "
+                             f"{entry.tags['modality']} tasks but is listed for {modality} task "
+                             f"'{task_label}'")
+        return None
+    per_task = _table(raw, "per_task", entry_where)
+    given = {**_table(raw, "params", entry_where), **per_task.get(task_label, {})}
+    defaults = getattr(entry.obj, "defaults", {})
+    inherited = {k: v for k, v in train.items() if k in defaults and k not in given}
+    config = resolve_config(defaults, {**inherited, **given}, entry_where)
+    if name_key == "attack":
+        entry.obj(config)  # constructing validates the budget now, before any cell runs
+        return AttackSpec.make(entry.name, config)
+    return DefenseSpec.make(entry.name, config)

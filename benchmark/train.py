@@ -1,0 +1,70 @@
+"""Training loops shared by the defenses: seeded, batched, with a progress bar.
+
+A defense customises training through `loss_fn(model, inputs, labels) -> loss`, where `inputs` is a
+batch as the task holds it (a float tensor for images, a list of strings for text), so adversarial
+training, noise and masking are all a loss function over the same loop.
+"""
+from __future__ import annotations
+
+import random
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+TRAIN_DEFAULTS = {"epochs": 5, "batch_size": 64, "lr": 1e-3, "weight_decay": 0.0}
+
+
+def set_seed(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def device_of(model: nn.Module) -> torch.device:
+    return next(model.parameters()).device
+
+
+def model_logits(model: nn.Module, inputs) -> torch.Tensor:
+    """Logits for a batch as the task holds it: a list of strings or an image array/tensor."""
+    if isinstance(inputs, (list, tuple)):
+        return model.classify(inputs)
+    return model(torch.as_tensor(inputs, device=device_of(model)))
+
+
+def cross_entropy_loss(model: nn.Module, inputs, labels: torch.Tensor) -> torch.Tensor:
+    return nn.functional.cross_entropy(model_logits(model, inputs), labels)
+
+
+def iterate_batches(xs, ys: np.ndarray, batch_size: int, rng: np.random.Generator):
+    order = rng.permutation(len(ys))
+    for start in range(0, len(order), batch_size):
+        index = order[start:start + batch_size]
+        inputs = xs[index] if isinstance(xs, np.ndarray) else [xs[i] for i in index]
+        yield inputs, ys[index]
+
+
+def fit(model: nn.Module, xs: np.ndarray | Sequence[str], ys: np.ndarray, *, epochs: int,
+        batch_size: int, lr: float, weight_decay: float = 0.0, seed: int = 0,
+        loss_fn: Callable = cross_entropy_loss, description: str = "train",
+        on_epoch_start: Callable[[int], None] | None = None) -> nn.Module:
+    """Adam training, every batch drawn from a generator seeded by `seed` (reproducible)."""
+    set_seed(seed)
+    rng = np.random.default_rng(seed)
+    device = device_of(model)
+    optimizer = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
+    model.train()
+    for epoch in tqdm(range(epochs), desc=description, leave=False):
+        if on_epoch_start is not None:
+            on_epoch_start(epoch)
+        for inputs, labels in iterate_batches(xs, ys, batch_size, rng):
+            if isinstance(inputs, np.ndarray):
+                inputs = torch.as_tensor(inputs, device=device)
+            loss = loss_fn(model, inputs, torch.as_tensor(labels, device=device))
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+    model.eval()
+    return model

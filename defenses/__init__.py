@@ -1,0 +1,1 @@
+"""The project's defenses: one module per defense, found through the rbench.plugins entry point."""
