@@ -72,6 +72,29 @@ class Differentiable(Protocol):
 
 
 @runtime_checkable
+class Randomized(Protocol):
+    """A defended model whose decision rule is random (smoothing, masking, exposure sampling).
+
+    `expected_probs` is the adaptive attacker's view (expectation over transformation, EOT): the
+    base classifier's class probabilities averaged over `samples` random draws of the defense's
+    transformation. Attacks with an `eot_samples` setting query it instead of `probs`; the
+    harness still judges every adversarial input with `predict`, the deployed rule."""
+
+    randomized: bool
+
+    def expected_probs(self, xs: Sequence, samples: int) -> np.ndarray: ...
+
+
+@runtime_checkable
+class WhiteBoxText(Protocol):
+    """A defended text model that exposes a differentiable surrogate for white-box attacks (ASCC):
+    `module` follows the text-classifier contract of benchmark/models/text.py (`tokenizer`,
+    `embedding`, `forward_embeddings`)."""
+
+    module: object
+
+
+@runtime_checkable
 class Defense(Protocol):
     def build(self, task, model_spec, config: dict, context) -> DefendedModel: ...
 
