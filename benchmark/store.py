@@ -7,6 +7,7 @@ re-running skips the batches already marked. WAL journaling lets several writers
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
@@ -91,23 +92,27 @@ class Store:
     def __init__(self, path: str | Path):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        is_new = not self.path.exists() or self.path.stat().st_size == 0
         try:
+            if not self.path.exists():
+                self._create()
             self.db = sqlite3.connect(self.path, timeout=60, isolation_level=None)
             self.db.row_factory = sqlite3.Row
-            if is_new:
-                self._create()
-            else:
-                self._check()
+            self._check()
         except sqlite3.DatabaseError as error:
             raise UsageError(f"{self.path} is not a readable rbench results store ({error}); "
                              f"move it away or pass another --store path") from error
 
     def _create(self) -> None:
-        self.db.execute("PRAGMA journal_mode=WAL")
-        self.db.execute(f"PRAGMA application_id={APPLICATION_ID}")
-        self.db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
-        self.db.executescript(SCHEMA)
+        """Build the schema in a side file and rename it into place, so a run killed while
+        creating the store never leaves a half-made file that a resume would refuse."""
+        partial = self.path.with_name(f"{self.path.name}.partial{os.getpid()}")
+        db = sqlite3.connect(partial, isolation_level=None)
+        db.execute(f"PRAGMA application_id={APPLICATION_ID}")
+        db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+        db.executescript(SCHEMA)
+        db.execute("PRAGMA journal_mode=WAL")
+        db.close()
+        os.replace(partial, self.path)
 
     def _check(self) -> None:
         application_id = self.db.execute("PRAGMA application_id").fetchone()[0]

@@ -308,14 +308,14 @@ def jia_synonyms(data_root: Path) -> SubstitutionTable:
 
 
 def _substitution_table(substitutions: str | None, data_root: Path | None):
-    if substitutions is None:
+    if substitutions in (None, "none"):  # TOML has no null: suites write "none"
         return None
     if substitutions != "jia":
-        raise UsageError(f"unknown substitutions {substitutions!r}; valid: 'jia' or None")
+        raise UsageError(f"unknown substitutions {substitutions!r}; valid: 'jia' or 'none'")
     if data_root is None:
         raise DataError("the Jia et al. substitution table has no hub copy: put "
                         f"<dir>/{LAYOUTS['synonyms']} and pass --data-root <dir>, or set "
-                        "substitutions = None")
+                        "substitutions = \"none\"")
     return jia_synonyms(data_root)
 
 

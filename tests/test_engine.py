@@ -1,0 +1,185 @@
+"""End to end through the CLI: a tiny suite runs offline, writes leaderboards with n and intervals,
+and bad input is refused with exit status 2 and a message that says what to fix."""
+import json
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from benchmark.cli import main
+from benchmark.store import Store
+
+FIXTURES = Path(__file__).parent / "fixtures"
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("tiny")
+    store = out / "tiny.sqlite"
+    assert main(["run", str(FIXTURES / "tiny.toml"), "--store", str(store)]) == 0
+    assert main(["leaderboard", str(FIXTURES / "tiny.toml"), "--store", str(store),
+                 "--out", str(out / "board")]) == 0
+    return store, out / "board"
+
+
+def test_every_cell_finishes_and_is_measured(tiny_run):
+    store_path, board_dir = tiny_run
+    store = Store(store_path)
+    cells = store.cells("tiny")
+    # digits: clean + fgsm + pgd; toy-sentiment: clean + deepwordbug (modalities never mix)
+    assert sorted((c.task, c.attack or "clean") for c in cells) == [
+        ("digits", "clean"), ("digits", "fgsm"), ("digits", "pgd-linf"),
+        ("toy-sentiment", "clean"), ("toy-sentiment", "deepwordbug")]
+    assert all(c.status == "done" for c in cells)
+    for cell in cells:
+        outcomes = store.outcomes(cell.cell_id)
+        assert len(outcomes) == (40 if cell.task == "digits" else 10)
+
+
+def test_leaderboard_files_carry_n_and_interval(tiny_run):
+    _, board_dir = tiny_run
+    board = json.loads((board_dir / "leaderboard.json").read_text())
+    assert {(t["task"], t["attack"]) for t in board["tables"]} == {
+        ("digits", None), ("digits", "fgsm"), ("digits", "pgd-linf"), ("toy-sentiment", None),
+        ("toy-sentiment", "deepwordbug")}
+    for table in board["tables"]:
+        for row in table["rows"]:
+            accuracy = row["metrics"]["clean_accuracy"]
+            assert accuracy["n"] > 0 and accuracy["low"] <= accuracy["value"] <= accuracy["high"]
+    pgd = next(t for t in board["tables"] if t["attack"] == "pgd-linf")
+    metrics = pgd["rows"][0]["metrics"]
+    assert metrics["robust_accuracy"]["value"] < metrics["clean_accuracy"]["value"]
+    assert "PGD-5" in pgd["description"] and "eps=0.2" in pgd["description"]
+    markdown = (board_dir / "leaderboard.md").read_text()
+    assert "(n=40)" in markdown and "deepwordbug" in markdown
+    csv_lines = (board_dir / "leaderboard.csv").read_text().splitlines()
+    assert csv_lines[0].startswith("suite,task,threat_id")
+    assert board["manifest"]["packages"]["torch"].startswith("2.")
+    assert board["manifest"]["data"]["digits"]["checksums"]["test"]
+
+
+def test_rerun_reuses_store_and_cached_model(tiny_run, capsys):
+    store_path, _ = tiny_run
+    before = sqlite3.connect(store_path).execute("SELECT count(*) FROM outcomes").fetchone()[0]
+    assert main(["run", str(FIXTURES / "tiny.toml"), "--store", str(store_path)]) == 0
+    after = sqlite3.connect(store_path).execute("SELECT count(*) FROM outcomes").fetchone()[0]
+    assert before == after
+
+
+def test_different_budgets_are_different_threat_models(tmp_path):
+    from benchmark.suite import load_suite
+
+    suite_file = tmp_path / "budgets.toml"
+    suite_file.write_text((FIXTURES / "tiny.toml").read_text() + """
+[attacks.pgd-strong]
+attack = "pgd"
+params = { norm = "linf", eps = 0.3, steps = 5 }
+""")
+    cells = [c for c in load_suite(str(suite_file)).cells if c.attack and c.attack.name == "pgd"]
+    assert len({c.threat_id for c in cells}) == 2
+
+
+def test_list_prints_registered_components(capsys):
+    assert main(["list", "defenses"]) == 0
+    assert "vanilla" in capsys.readouterr().out
+    assert main(["list", "attacks"]) == 0
+    listed = capsys.readouterr().out
+    assert all(name in listed for name in ("fgsm", "pgd", "deepwordbug"))
+
+
+def test_plugin_defense_appears_and_runs(tmp_path, capsys):
+    plugin = tmp_path / "my_defense.py"
+    plugin.write_text('''
+from benchmark.defended import ClassifierModel
+from benchmark.registry import register_defense
+from benchmark.train import TRAIN_DEFAULTS, fit
+
+
+@register_defense("noisy-training", modality="image")
+class NoisyTraining:
+    """Trains on inputs with uniform noise."""
+    defaults = {**TRAIN_DEFAULTS, "noise": 0.1}
+
+    def build(self, task, model_spec, config, context):
+        import torch
+
+        def noisy_loss(model, x, y):
+            x = (x + config["noise"] * (2 * torch.rand_like(x) - 1)).clamp(0, 1)
+            return torch.nn.functional.cross_entropy(model(x), y)
+
+        module = context.build_model(model_spec, task)
+        module = context.trained(module, lambda m: fit(
+            m, task.train.xs, task.train.ys, epochs=config["epochs"], batch_size=config["batch_size"],
+            lr=config["lr"], seed=context.seed, loss_fn=noisy_loss))
+        return ClassifierModel(module, task.num_classes)
+''')
+    assert main(["--plugin", str(plugin), "list", "defenses"]) == 0
+    assert "noisy-training" in capsys.readouterr().out
+    suite = tmp_path / "plugin.toml"
+    suite.write_text('''
+name = "plugin"
+[protocol]
+n_examples = 20
+batch_size = 10
+[tasks.digits]
+model = "smallcnn"
+model_params = { width = 8, feature_dim = 32 }
+train = { epochs = 1 }
+[defenses.noisy-training]
+params = { noise = 0.2 }
+''')
+    store = tmp_path / "plugin.sqlite"
+    assert main(["--plugin", str(plugin), "run", str(suite), "--store", str(store)]) == 0
+    cells = Store(store).cells("plugin")
+    assert [(c.defense, c.status) for c in cells] == [("noisy-training", "done")]
+
+
+BAD_SUITES = [
+    ("unknown defense", '[tasks.digits]\nmodel = "smallcnn"\n[defenses.nonesuch]\n',
+     "unknown defense 'nonesuch'; valid defense names: ", "vanilla"),
+    ("unknown attack", '[tasks.digits]\nmodel = "smallcnn"\n[defenses.vanilla]\n[attacks.zap]\n',
+     "unknown attack 'zap'", "pgd"),
+    ("unknown task", '[tasks.mnist2]\nmodel = "smallcnn"\n[defenses.vanilla]\n',
+     "unknown task 'mnist2'", "digits"),
+    ("missing model", '[tasks.digits]\n[defenses.vanilla]\n', "missing key 'model'", "smallcnn"),
+    ("wrong model modality", '[tasks.digits]\nmodel = "textcnn"\n[defenses.vanilla]\n',
+     "model 'textcnn' is for text tasks", "digits"),
+    ("wrong type", '[tasks.digits]\nmodel = "smallcnn"\ntrain = { epochs = "ten" }\n[defenses.vanilla]\n',
+     "key 'epochs'", "expected int"),
+    ("unknown parameter", '[tasks.digits]\nmodel = "smallcnn"\n[defenses.vanilla]\nparams = { epoch = 3 }\n',
+     "unknown parameter(s) epoch", "valid parameters"),
+    ("negative budget", '[tasks.digits]\nmodel = "smallcnn"\n[defenses.vanilla]\n[attacks.pgd]\nparams = { eps = -0.1 }\n',
+     "eps must be >= 0", "pgd"),
+    ("alpha out of range", '[protocol]\nalpha = 1.5\n[tasks.digits]\nmodel = "smallcnn"\n[defenses.vanilla]\n',
+     "alpha must be in (0, 1)", "1.5"),
+    ("no defenses", '[tasks.digits]\nmodel = "smallcnn"\n', "at least one entry under [defenses]", ""),
+    ("not toml", 'name = \n', "is not valid TOML", ""),
+    ("unknown top-level key", 'tsaks = 1\n', "unknown top-level key(s) tsaks", "tasks"),
+    ("incompatible pairing", '[tasks.digits]\nmodel = "smallcnn"\n[defenses.vanilla]\n'
+     '[attacks.deepwordbug]\ntasks = ["digits"]\n', "is for text tasks but is listed for image task", ""),
+]
+
+
+@pytest.mark.parametrize("case, content, message, hint", BAD_SUITES, ids=[c[0] for c in BAD_SUITES])
+def test_bad_suite_is_a_usage_error(tmp_path, capsys, case, content, message, hint):
+    suite = tmp_path / "bad.toml"
+    suite.write_text(content)
+    assert main(["run", str(suite), "--store", str(tmp_path / "s.sqlite")]) == 2
+    error = capsys.readouterr().err
+    assert message in error and hint in error
+    assert not (tmp_path / "s.sqlite").exists()  # nothing written
+
+
+def test_unknown_builtin_suite_lists_the_valid_ones(capsys):
+    assert main(["run", "no-such-suite"]) == 2
+    assert "built-in suites: " in capsys.readouterr().err
+
+
+def test_missing_data_directory_says_where_files_go(tmp_path, capsys):
+    suite = tmp_path / "sst.toml"
+    suite.write_text('[tasks.sst2]\nparams = { substitutions = "none" }\nmodel = "textcnn"\n'
+                     '[defenses.vanilla]\n')
+    assert main(["run", str(suite), "--data-root", str(tmp_path / "nowhere"),
+                 "--store", str(tmp_path / "s.sqlite")]) == 2
+    error = capsys.readouterr().err
+    assert "sst2" in error and "train.txt" in error
