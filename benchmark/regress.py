@@ -123,7 +123,8 @@ def _change(record: dict) -> str:
 def render(records: list[dict], alpha: float) -> str:
     order = {"regressed": 0, "missing": 1, "improved": 2, "changed": 3, "new": 4, "same": 5,
              "untested": 6}
-    rows = [[r["task"], r["threat_id"], r["defense"], r["metric"], _show(r["baseline"]), _show(r["current"]), _change(r),
+    rows = [[r["task"], r["threat_id"], r["defense"], r["metric"], _show(r["baseline"]),
+             _show(r["current"]), _change(r),
              "" if r["p"] is None else f"{r['p']:.3g}",
              "" if r["p_holm"] is None else f"{r['p_holm']:.3g}",
              r["verdict"].upper() if r["verdict"] in ("regressed", "missing") else r["verdict"]]

@@ -9,6 +9,7 @@ fetched: the pages open from disk in any browser, without a server.
 from __future__ import annotations
 
 import html
+import json
 import math
 import re
 from pathlib import Path
@@ -47,7 +48,7 @@ table.sortable th[aria-sort=ascending]::after { content: " \\2191"; color: #000;
 table.sortable th[aria-sort=descending]::after { content: " \\2193"; color: #000; }
 td.num { text-align: right; white-space: nowrap; }
 .ci, .n { display: block; color: #666; font-size: 80%; }
-tr.flagged { background: #fff4e5; }
+tr.flagged { background: #fff4e5; } td.flags { min-width: 16em; }
 .flag { display: inline-block; background: #b45309; color: #fff; border-radius: 3px; padding: 0 .4em;
         margin: 0 .2em .2em 0; font-size: 80%; }
 .badge { display: inline-block; border: 1px solid #0b5cad; color: #0b5cad; border-radius: 3px;
@@ -275,7 +276,10 @@ def metric_cell(metric: dict | None, name: str) -> str:
         interval = f'<span class="ci">[{100 * metric["low"]:.1f}, {100 * metric["high"]:.1f}]</span>'
     else:
         shown = f"{value:.3g}"
-        interval = f'<span class="ci">sd {metric["sd"]:.3g}</span>' if metric.get("sd") is not None else ""
+        sd = metric.get("sd")
+        if sd is not None and sd <= 1e-9 * max(1.0, abs(value)):
+            sd = 0.0  # a constant, up to floating-point rounding
+        interval = f'<span class="ci">sd {sd:.3g}</span>' if sd is not None else ""
     return (f'<td class="num" data-sort="{value!r}">{shown}{interval}'
             f'<span class="n">n={metric["n"]}</span></td>')
 
@@ -306,7 +310,7 @@ def render_table(table: dict) -> str:
                  f'<td>{esc(row["model"])}</td>']
         cells += [metric_cell(row["metrics"].get(name), name) for name, _ in present]
         if has_flags:
-            cells.append(f'<td data-sort="{len(flags)}">' +
+            cells.append(f'<td class="flags" data-sort="{len(flags)}">' +
                          "".join(f'<span class="flag">{esc(f)}</span>' for f in flags) + "</td>")
         css = ' class="flagged"' if flags else ""
         body.append(f'<tr{css} data-defense="{esc(row["defense"])}">' + "".join(cells) + "</tr>")
@@ -321,7 +325,7 @@ def constraints(table: dict) -> str:
                           if table["certificate_units"] else "") + ".")
         return f'<div class="constraints"><p>{text}</p></div>'
     params = table.get("attack_params") or {}
-    listing = "".join(f"<dt>{esc(k)}</dt><dd>{esc(v)}</dd>" for k, v in sorted(params.items()))
+    listing = "".join(f"<dt>{esc(k)}</dt><dd>{esc(json.dumps(v))}</dd>" for k, v in sorted(params.items()))
     return (f'<div class="constraints"><p><strong>Threat model {esc(table["threat_id"])}:</strong> '
             f'{esc(table["description"])}.</p>'
             + (f'<p class="small">Every setting of the attack (its hash is the threat-model id; '
@@ -370,7 +374,8 @@ def render_index(board: dict) -> str:
              f'same threat model (the same attack with every constraint).</p>']
     if manifest:
         parts.append(f'<p class="small muted">Measured at commit {esc(manifest.get("git_commit"))} on '
-                     f'{esc(manifest.get("device"))}, torch {esc((manifest.get("packages") or {}).get("torch"))}, '
+                     f'{esc(manifest.get("device"))}, '
+                     f'torch {esc((manifest.get("packages") or {}).get("torch"))}, '
                      f'suite sha256 {esc((manifest.get("suite_sha256") or "")[:12])}. Files: '
                      f'<a href="leaderboard.json">json</a>, <a href="leaderboard.csv">csv</a>, '
                      f'<a href="leaderboard.md">markdown</a>.</p>')

@@ -285,7 +285,8 @@ def verify(path: Path, examples: int = 50, seed: int = 0, plugin_file: Path | No
                       f"{100 * submitted['value']:.1f} (n={submitted['n']})",
                       f"{100 * again['value']:.1f} [{100 * low:.1f}, {100 * high:.1f}] (n={again['n']})",
                       "ok" if agrees else "DISAGREES"])
-    lines.append(f"re-ran up to {examples} seeded examples per cell (seed {seed}); each submitted rate must lie in the re-run's "
+    lines.append(f"re-ran up to {examples} seeded examples per cell (seed {seed}); each submitted "
+                 f"rate must lie in the re-run's "
                  f"Clopper-Pearson interval at level {alpha:g}/{len(checks)} (Bonferroni)")
     lines.append(tabulate(table, ["task", "threat model", "metric", "submitted %", "re-run % [interval]",
                                   "verdict"], tablefmt="github"))
