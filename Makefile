@@ -9,7 +9,7 @@ export TRANSFORMERS_OFFLINE := 1
 export HF_DATASETS_OFFLINE := 1
 export OMP_NUM_THREADS ?= 2
 
-.PHONY: install bench test leaderboard perf clean-results
+.PHONY: install bench test leaderboard regress perf clean-results
 
 install: $(STAMP)
 
@@ -23,10 +23,16 @@ $(STAMP): requirements/cpu.txt pyproject.toml
 
 bench: install
 	$(VENV)/bin/rbench run $(SUITE)
-	$(VENV)/bin/rbench leaderboard $(SUITE)
+	$(VENV)/bin/rbench leaderboard $(SUITE) --html
 
 leaderboard: install
-	$(VENV)/bin/rbench leaderboard $(SUITE)
+	$(VENV)/bin/rbench leaderboard $(SUITE) --html
+
+# The CI regression gate. One thread: the models are tiny, and a second thread only adds
+# synchronisation (measured: 10x the CPU time when other processes share the cores).
+regress: install
+	OMP_NUM_THREADS=1 $(VENV)/bin/rbench regress --suite ci-regress \
+		--baseline leaderboards/ci-regress/leaderboard.json
 
 test: install
 	$(PY) -m pytest

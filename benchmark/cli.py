@@ -36,6 +36,7 @@ def command_run(args) -> int:
 def command_leaderboard(args) -> int:
     from benchmark.leaderboard import write_leaderboard
     from benchmark.store import Store
+    from benchmark.submit import load_submissions
     from benchmark.suite import load_suite
 
     suite = load_suite(args.suite)
@@ -43,10 +44,47 @@ def command_leaderboard(args) -> int:
     if not store_path.exists():
         raise UsageError(f"no results store at {store_path}; run `rbench run {args.suite}` first")
     out_dir = Path(args.out) if args.out else REPO_ROOT / "leaderboards" / suite.name
-    board = write_leaderboard(Store(store_path), suite.name, out_dir)
-    print(f"wrote {len(board['tables'])} tables to {out_dir}/leaderboard.{{md,csv,json}}")
+    submissions = load_submissions(out_dir / "submissions", suite.name)
+    board = write_leaderboard(Store(store_path), suite.name, out_dir, submissions)
+    print(f"wrote {len(board['tables'])} tables to {out_dir}/leaderboard.{{md,csv,json}}"
+          + (f", with {len(submissions)} submitted entries" if submissions else ""))
+    if args.html:
+        from benchmark.site import write_site
+
+        pages = write_site(board, out_dir)
+        print(f"wrote {len(pages)} pages; open {out_dir / 'index.html'} in a browser")
     print((out_dir / "leaderboard.md").read_text())
     return 0
+
+
+def command_submit(args) -> int:
+    from benchmark.submit import submit
+
+    path = submit(args.defense_file, args.suite, args.name, Path(args.out) if args.out else None,
+                  Path(args.store) if args.store else None, args.data_root,
+                  Path(args.cache) if args.cache else None)
+    print(f"wrote {path}; `rbench leaderboard {args.suite}` merges it, `rbench verify {path}` "
+          f"re-checks it")
+    return 0
+
+
+def command_verify(args) -> int:
+    from benchmark.submit import verify
+
+    passed, report = verify(Path(args.submission), args.examples, args.seed,
+                            Path(args.plugin_file) if args.plugin_file else None, args.data_root,
+                            Path(args.cache) if args.cache else None)
+    print(report)
+    return 0 if passed else 1
+
+
+def command_regress(args) -> int:
+    from benchmark.regress import regress
+
+    status, report = regress(args.suite, Path(args.baseline), Path(args.store) if args.store else None,
+                             args.alpha, args.data_root, Path(args.cache) if args.cache else None)
+    print(report)
+    return status
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -70,7 +108,42 @@ def build_parser() -> argparse.ArgumentParser:
     board.add_argument("suite")
     board.add_argument("--store")
     board.add_argument("--out", help="output directory (default: leaderboards/<suite>)")
+    board.add_argument("--html", action="store_true",
+                       help="also write the static site (index.html and a page per table)")
     board.set_defaults(handler=command_leaderboard)
+
+    submit = commands.add_parser("submit", help="run a suite for one defense file and write its "
+                                 "submission to leaderboards/<suite>/submissions/")
+    submit.add_argument("defense_file", help="a .py file registering one defense")
+    submit.add_argument("--suite", required=True)
+    submit.add_argument("--name", required=True, help="the entry's name on the leaderboard")
+    submit.add_argument("--out", help="directory for the JSON (default: leaderboards/<suite>/submissions)")
+    submit.add_argument("--store", help="results store (default: results/submissions/<suite>/...)")
+    submit.add_argument("--data-root")
+    submit.add_argument("--cache")
+    submit.set_defaults(handler=command_submit)
+
+    check = commands.add_parser("verify", help="check a submission's hashes and re-run a seeded "
+                                "subsample of it")
+    check.add_argument("submission", help="a submission JSON")
+    check.add_argument("--examples", type=int, default=50, help="examples re-run per cell (default 50)")
+    check.add_argument("--seed", type=int, default=0, help="seed of the subsample (default 0)")
+    check.add_argument("--plugin-file", help="the defense file, if not at the recorded path")
+    check.add_argument("--data-root")
+    check.add_argument("--cache")
+    check.set_defaults(handler=command_verify)
+
+    gate = commands.add_parser("regress", help="compare a suite's numbers with a baseline "
+                               "leaderboard.json; exit 1 on a significant regression")
+    gate.add_argument("--suite", required=True)
+    gate.add_argument("--baseline", required=True, help="a leaderboard.json")
+    gate.add_argument("--store", help="read (and complete) this store instead of re-running in a "
+                      "scratch store")
+    gate.add_argument("--alpha", type=float, default=0.05,
+                      help="family-wise significance level (default 0.05)")
+    gate.add_argument("--data-root")
+    gate.add_argument("--cache")
+    gate.set_defaults(handler=command_regress)
     return parser
 
 

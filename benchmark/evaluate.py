@@ -89,7 +89,25 @@ def build_defended(cell: Cell, task, cache_dir: Path, device: torch.device | Non
     context = BuildContext(cache_dir, build_cache_key(cell, task), cell.task.params.get("seed", 0),
                            device or default_device())
     set_seed(context.seed)
-    return entry.obj().build(task, cell.model, cell.defense.params, context)
+    defended = entry.obj().build(task, cell.model, cell.defense.params, context)
+    check_defended(defended, entry, task)
+    return defended
+
+
+def check_defended(defended, entry, task) -> None:
+    """What `build` returned against the DefendedModel contract, before any example is evaluated."""
+    problems = [f"it has no {method}(xs) method" for method in ("predict", "probs")
+                if not callable(getattr(defended, method, None))]
+    if getattr(defended, "num_classes", None) != task.num_classes:
+        problems.append(f"its num_classes is {getattr(defended, 'num_classes', None)!r}, the task "
+                        f"has {task.num_classes}")
+    if entry.tags.get("certifies") and not callable(getattr(defended, "certify", None)):
+        problems.append("the defense is registered with certifies=True but the model has no "
+                        "certify(xs, ys, alpha, seed) method")
+    if problems:
+        raise UsageError(f"defense '{entry.name}': build() returned a {type(defended).__name__} that "
+                         f"breaks the DefendedModel contract (benchmark/interfaces.py): "
+                         + "; ".join(problems))
 
 
 def make_attack(cell: Cell):

@@ -49,7 +49,29 @@ def cell_metrics(outcomes: list[dict], has_attack: bool) -> dict:
 
 
 def _mean(values: np.ndarray) -> dict:
-    return {"value": float(values.mean()) if len(values) else None, "n": int(len(values))}
+    # The sample standard deviation lets `rbench regress` test a change of the mean (Welch's t).
+    return {"value": float(values.mean()) if len(values) else None, "n": int(len(values)),
+            "sd": float(values.std(ddof=1)) if len(values) > 1 else None}
+
+
+CURVE_POINTS = 200  # at most this many radii per certified-accuracy curve
+
+
+def certified_curve(outcomes: list[dict]) -> dict | None:
+    """Certified accuracy against radius (Cohen et al. 2019, Fig. 1): at radius r, the fraction of
+    the n evaluated examples that are certified correct with a radius of at least r. The points are
+    (0 and) every distinct certified radius, or a regular grid when there are too many of them."""
+    certified = [o for o in outcomes if o["certified"] is not None]
+    if not certified:
+        return None
+    radii = np.array([o["radius"] if o["certified"] else -np.inf for o in certified], dtype=float)
+    finite = radii[np.isfinite(radii)]
+    grid = np.unique(np.concatenate([[0.0], finite[finite > 0]]))
+    if len(grid) > CURVE_POINTS:
+        grid = np.linspace(0.0, grid[-1], CURVE_POINTS)
+    accuracy = [(radii >= r).sum() / len(certified) for r in grid]
+    return {"n": len(certified), "radius": [float(r) for r in grid],
+            "accuracy": [float(a) for a in accuracy]}
 
 
 HEADLINE = ("certified_accuracy", "robust_accuracy", "clean_accuracy")
@@ -62,19 +84,37 @@ def _rank_key(row: dict):
     return 0.0
 
 
-def build_leaderboard(store: Store, suite: str) -> dict:
+def build_leaderboard(store: Store, suite: str, submissions: list[dict] = ()) -> dict:
+    """Tables from the store's finished cells, with the rows of `submissions` (checked submission
+    files, see benchmark/submit.py) merged in and marked with their entry name."""
     tables: dict[tuple, dict] = {}
+
+    def table_for(task, threat_id, attack, description, attack_params) -> dict:
+        return tables.setdefault((task, threat_id), {
+            "task": task, "threat_id": threat_id, "attack": attack, "description": description,
+            "attack_params": attack_params, "certificate_units": [], "rows": []})
+
     for record in store.cells(suite, status="done"):
-        key = (record.task, record.threat_id)
-        table = tables.setdefault(key, {
-            "task": record.task, "threat_id": record.threat_id, "attack": record.attack,
-            "description": record.threat_description, "certificate_units": [], "rows": []})
+        attack = record.spec.get("attack")
+        table = table_for(record.task, record.threat_id, record.attack, record.threat_description,
+                          attack["params"] if attack else None)
         if record.certificate_unit and record.attack is None:
             table["certificate_units"] = sorted(set(table["certificate_units"]) | {record.certificate_unit})
-        table["rows"].append({
-            "defense": record.defense, "model": record.model, "cell_id": record.cell_id,
-            "certificate_unit": record.certificate_unit if record.attack is None else None,
-            "metrics": cell_metrics(store.outcomes(record.cell_id), record.attack is not None)})
+        outcomes = store.outcomes(record.cell_id)
+        row = {"defense": record.defense, "model": record.model, "cell_id": record.cell_id,
+               "certificate_unit": record.certificate_unit if record.attack is None else None,
+               "metrics": cell_metrics(outcomes, record.attack is not None)}
+        curve = certified_curve(outcomes)
+        if curve is not None:
+            row["certified_curve"] = curve
+        table["rows"].append(row)
+    for submission in submissions:
+        for submitted in submission["results"]["tables"]:
+            table = table_for(submitted["task"], submitted["threat_id"], submitted["attack"],
+                              submitted["description"], submitted.get("attack_params"))
+            table["certificate_units"] = sorted(set(table["certificate_units"]) |
+                                                set(submitted["certificate_units"]))
+            table["rows"] += [{**row, "submission": submission["entry"]} for row in submitted["rows"]]
     ordered = []
     for key in sorted(tables, key=lambda k: (k[0], k[1] != "clean", k[1])):
         table = tables[key]
@@ -110,7 +150,8 @@ def table_rows(table: dict) -> tuple[list[str], list[list[str]]]:
         table["certificate_units"] else label for k, label in present]
     rows = []
     for rank, row in enumerate(table["rows"], 1):
-        rows.append([str(rank), row["defense"], row["model"]] +
+        defense = row["defense"] + (" (submission)" if row.get("submission") else "")
+        rows.append([str(rank), defense, row["model"]] +
                     [format_metric(row["metrics"][k]) if k in row["metrics"] else "" for k, _ in present])
     return headers, rows
 
@@ -156,8 +197,8 @@ def write_csv(board: dict, path: Path) -> None:
                                      metric.get("high", "")])
 
 
-def write_leaderboard(store: Store, suite: str, out_dir: Path) -> dict:
-    board = build_leaderboard(store, suite)
+def write_leaderboard(store: Store, suite: str, out_dir: Path, submissions: list[dict] = ()) -> dict:
+    board = build_leaderboard(store, suite, submissions)
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "leaderboard.json").write_text(json.dumps(board, indent=1, sort_keys=True) + "\n")
     (out_dir / "leaderboard.md").write_text(render_markdown(board))

@@ -6,6 +6,7 @@ file can be loaded with `--plugin path.py`. The engine never imports a defense o
 """
 from __future__ import annotations
 
+import hashlib
 import importlib
 import importlib.util
 import pkgutil
@@ -120,15 +121,18 @@ def load_plugins() -> None:
         _import_package_tree(entry_point.value)
 
 
-def load_plugin_file(path: str | Path) -> None:
-    """Load a single outside file that registers components (`--plugin path.py`)."""
+def load_plugin_file(path: str | Path) -> str:
+    """Load a single outside file that registers components (`--plugin path.py`). Returns the
+    module name its components are registered under (their Entry.source)."""
     path = Path(path)
     if not path.is_file():
         raise UsageError(f"plugin file not found: {path}; pass the path of a .py file that "
                          f"registers components with benchmark.registry decorators")
-    module_name = f"rbench_plugin_{path.stem}"
+    # One module per file: the same file loads once, two files that share a name both load.
+    digest = hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:8]
+    module_name = f"rbench_plugin_{path.stem}_{digest}"
     if module_name in sys.modules:
-        return
+        return module_name
     spec = importlib.util.spec_from_file_location(module_name, path)
     module = importlib.util.module_from_spec(spec)
     sys.modules[module_name] = module
@@ -136,7 +140,9 @@ def load_plugin_file(path: str | Path) -> None:
     try:
         spec.loader.exec_module(module)
     except UsageError:
+        del sys.modules[module_name]
         raise
     except Exception as error:
         del sys.modules[module_name]
         raise UsageError(f"plugin {path} failed to load: {type(error).__name__}: {error}") from error
+    return module_name

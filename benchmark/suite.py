@@ -101,7 +101,10 @@ def _table(raw: dict, key: str, where: str) -> dict:
     return _expect(value, dict, f"{where}, key '{key}'", "a table")
 
 
-def load_suite(name_or_path: str, data_root: str | Path | None = None) -> Suite:
+def load_suite(name_or_path: str, data_root: str | Path | None = None,
+               defenses: dict | None = None) -> Suite:
+    """Load and validate a suite. `defenses`, when given, replaces the file's [defenses] table (a
+    submission runs the suite's tasks, attacks and protocol for its own defense only)."""
     path = resolve_suite_path(name_or_path)
     content = path.read_bytes()
     try:
@@ -120,7 +123,7 @@ def load_suite(name_or_path: str, data_root: str | Path | None = None) -> Suite:
                   Path(root) if root else None, raw.get("description", ""))
     base_protocol = {"seed": seed, **_table(raw, "protocol", where)}
     tasks = _table(raw, "tasks", where)
-    defenses = _table(raw, "defenses", where)
+    defenses = _table(raw, "defenses", where) if defenses is None else defenses
     attacks = _table(raw, "attacks", where)
     for section, entries in (("tasks", tasks), ("defenses", defenses)):
         if not entries:
