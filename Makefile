@@ -37,5 +37,9 @@ regress: install
 test: install
 	$(PY) -m pytest
 
+# Throughput of models, evaluator, attacks, certifiers and the Ray executor; writes benchmarks/results/perf.json.
+perf: install
+	$(PY) benchmarks/perf.py
+
 clean-results:
 	rm -f results/$(SUITE).sqlite

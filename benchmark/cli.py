@@ -27,7 +27,15 @@ def command_run(args) -> int:
 
     suite = load_suite(args.suite, args.data_root)
     store = Store(args.store or default_store_path(suite.name))
-    counts = run_suite(suite, store, Path(args.cache) if args.cache else None)
+    cache = Path(args.cache) if args.cache else None
+    if args.executor == "ray":
+        from benchmark.ray_executor import run_suite_ray
+
+        counts = run_suite_ray(suite, store, cache, args.address, args.num_cpus)
+    else:
+        if args.address or args.num_cpus:
+            raise UsageError("--address and --num-cpus are for --executor ray")
+        counts = run_suite(suite, store, cache)
     print(f"suite {suite.name}: {len(suite.cells)} cells, " +
           ", ".join(f"{n} {status}" for status, n in sorted(counts.items())) + f"; store {store.path}")
     return 1 if counts.get("failed") else 0
@@ -102,6 +110,11 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--store", help="results store (default: results/<suite>.sqlite)")
     run.add_argument("--data-root", help="directory holding local copies of the real datasets")
     run.add_argument("--cache", help="cache directory for trained models (default: .cache/rbench)")
+    run.add_argument("--executor", choices=["local", "ray"], default="local",
+                     help="local (default): this process; ray: cells and batches as Ray tasks")
+    run.add_argument("--address", help="Ray cluster to use (e.g. auto, ray://head:10001); "
+                     "default: start a local Ray instance")
+    run.add_argument("--num-cpus", type=int, help="CPUs of the local Ray instance (default: all)")
     run.set_defaults(handler=command_run)
 
     board = commands.add_parser("leaderboard", help="write leaderboards/<suite>/ from the store")

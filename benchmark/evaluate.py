@@ -84,10 +84,13 @@ def build_cache_key(cell: Cell, task) -> str:
                          "poison": cell.poison.to_dict() if cell.poison else None, "code": code})
 
 
-def build_defended(cell: Cell, task, cache_dir: Path, device: torch.device | None = None):
+def build_defended(cell: Cell, task, cache_dir: Path, device: torch.device | None = None,
+                   key: str | None = None):
+    """The cell's defended model, trained or loaded from the cache under `key` (by default the
+    cell's build cache key; an executor passes the key its driver computed)."""
     entry = DEFENSES.get(cell.defense.name)
-    context = BuildContext(cache_dir, build_cache_key(cell, task), cell.task.params.get("seed", 0),
-                           device or default_device())
+    context = BuildContext(cache_dir, key or build_cache_key(cell, task),
+                           cell.task.params.get("seed", 0), device or default_device())
     set_seed(context.seed)
     defended = entry.obj().build(task, cell.model, cell.defense.params, context)
     check_defended(defended, entry, task)
@@ -170,28 +173,45 @@ def evaluate_batch(cell: Cell, defended, attack, xs, ys: np.ndarray, indices: np
     return rows
 
 
-def run_cell(cell: Cell, suite_name: str, store: Store, task, cache_dir: Path,
-             device: torch.device | None = None) -> str:
-    """Evaluate one cell, resuming after its last finished batch. Returns the cell's status."""
+def cell_batches(cell: Cell, task) -> list[np.ndarray]:
+    """The cell's fixed batches of test-example indices: the unit of work and of resumption."""
+    indices = sample_indices(len(task.test), cell.protocol.n_examples, cell.protocol.seed)
+    size = cell.protocol.batch_size
+    return [indices[start:start + size] for start in range(0, len(indices), size)]
+
+
+def open_cell(cell: Cell, suite_name: str, store: Store, task):
+    """Register the cell in the store; returns its attack (None for a clean cell), its batches and
+    the indices of the batches still to run."""
     attack = make_attack(cell) if cell.attack is not None else None
     description = attack.describe() if attack is not None else "no attack (clean inputs)"
     unit = DEFENSES.get(cell.defense.name).tags.get("unit")
-    indices = sample_indices(len(task.test), cell.protocol.n_examples, cell.protocol.seed)
-    size = cell.protocol.batch_size
-    batches = [indices[start:start + size] for start in range(0, len(indices), size)]
+    batches = cell_batches(cell, task)
     store.open_cell(suite_name, cell, len(batches), description, unit)
     if store.cell_status(cell.id) == "done":
-        return "done"
-    todo = [b for b in range(len(batches)) if b not in store.done_batches(cell.id)]
+        return attack, batches, []
+    done = store.done_batches(cell.id)
+    return attack, batches, [b for b in range(len(batches)) if b not in done]
+
+
+def run_batch(cell: Cell, defended, attack, task, batches: list[np.ndarray],
+              batch_index: int) -> list[dict]:
+    """Evaluate one batch of a cell: the unit every executor runs, seeded by its position alone."""
+    batch = batches[batch_index]
+    return evaluate_batch(cell, defended, attack, task.test.inputs(batch), task.test.ys[batch],
+                          batch, batch_seed(cell.protocol.seed, cell.id, batch_index),
+                          task.num_classes)
+
+
+def run_cell(cell: Cell, suite_name: str, store: Store, task, cache_dir: Path,
+             device: torch.device | None = None) -> str:
+    """Evaluate one cell, resuming after its last finished batch. Returns the cell's status."""
+    attack, batches, todo = open_cell(cell, suite_name, store, task)
     if todo:
         defended = build_defended(cell, task, cache_dir, device)
         for batch_index in tqdm(todo, desc=cell.describe(), leave=False):
-            batch = batches[batch_index]
-            rows = evaluate_batch(cell, defended, attack, task.test.inputs(batch),
-                                  task.test.ys[batch], batch,
-                                  batch_seed(cell.protocol.seed, cell.id, batch_index),
-                                  task.num_classes)
-            store.write_batch(cell.id, batch_index, rows)
+            store.write_batch(cell.id, batch_index,
+                              run_batch(cell, defended, attack, task, batches, batch_index))
     store.finish_cell(cell.id)
     return "done"
 
@@ -228,23 +248,38 @@ def run_suite(suite: Suite, store: Store, cache_dir: Path | None = None,
               device: torch.device | None = None) -> dict[str, int]:
     """Run every cell of the suite; returns a count of cells per final status."""
     cache_dir = cache_dir or default_cache_dir()
-    # Load every task first, so bad data is reported before any cell runs.
-    tasks = {}
-    for cell in suite.cells:
-        if cell.task_label not in tasks:
-            tasks[cell.task_label] = load_task(cell.task, suite.data_root)
-    store.add_run(suite.name, datetime.datetime.now(datetime.timezone.utc).isoformat(),
-                  run_manifest(suite, tasks))
+    tasks = start_run(suite, store, {"executor": "local"})
     counts: dict[str, int] = {}
     for cell in tqdm(suite.cells, desc=f"suite {suite.name}"):
         try:
             status = run_cell(cell, suite.name, store, tasks[cell.task_label], cache_dir, device)
         except Exception as error:  # one broken cell must not stop the others; it is recorded
-            reason = str(error) if isinstance(error, UsageError) else f"{type(error).__name__}: {error}"
-            store.fail_cell(cell.id, reason)
-            if not isinstance(error, UsageError):
-                traceback.print_exc()
-            print(f"cell {cell.describe()} failed: {reason}", file=sys.stderr)
+            record_failure(store, cell, failure_reason(error),
+                           None if isinstance(error, UsageError) else traceback.format_exc())
             status = "failed"
         counts[status] = counts.get(status, 0) + 1
     return counts
+
+
+def start_run(suite: Suite, store: Store, manifest_extra: dict | None = None) -> dict:
+    """Load every task (so bad data is reported before any cell runs) and record the run's
+    manifest. Returns the tasks by label."""
+    tasks = {}
+    for cell in suite.cells:
+        if cell.task_label not in tasks:
+            tasks[cell.task_label] = load_task(cell.task, suite.data_root)
+    store.add_run(suite.name, datetime.datetime.now(datetime.timezone.utc).isoformat(),
+                  {**run_manifest(suite, tasks), **(manifest_extra or {})})
+    return tasks
+
+
+def failure_reason(error: BaseException) -> str:
+    return str(error) if isinstance(error, UsageError) else f"{type(error).__name__}: {error}"
+
+
+def record_failure(store: Store, cell: Cell, reason: str, trace: str | None = None) -> None:
+    """Mark a cell failed with its reason; a usage error is the user's to fix, so no traceback."""
+    store.fail_cell(cell.id, reason)
+    if trace:
+        print(trace, file=sys.stderr, end="")
+    print(f"cell {cell.describe()} failed: {reason}", file=sys.stderr)

@@ -4,10 +4,13 @@
     seed = 0
     [protocol]            # n_examples, batch_size, alpha, certify
     [tasks.<label>]       # task = registered name (default: label), params, model, model_params,
-                          # train = {epochs, lr, ...}, protocol = {overrides}
+                          # train = {epochs, lr, ...}, protocol = {overrides},
+                          # resources = {overrides of [resources] for this task's cells}
     [defenses.<label>]    # defense = registered name (default: label), params, tasks = [labels],
                           # per_task.<task label> = {param overrides}
     [attacks.<label>]     # attack = registered name (default: label), same keys as defenses
+    [resources]           # num_cpus, num_gpus: what one unit of work (a batch, a model build)
+                          # asks of a Ray cluster; ignored by the local executor
 
 Every compatible (task, defense) pair gets a clean cell, and one cell per compatible attack.
 """
@@ -25,10 +28,12 @@ from benchmark.specs import AttackSpec, Cell, DefenseSpec, ModelSpec, Protocol, 
 
 SUITES_DIR = Path(__file__).parent / "suites"
 TOP_LEVEL_KEYS = {"name", "description", "seed", "data_root", "protocol", "tasks", "defenses",
-                  "attacks"}
-TASK_KEYS = {"task", "params", "model", "model_params", "train", "protocol"}
+                  "attacks", "resources"}
+TASK_KEYS = {"task", "params", "model", "model_params", "train", "protocol", "resources"}
 COMPONENT_KEYS = {"params", "tasks", "per_task"}
 PROTOCOL_TYPES = {"seed": int, "n_examples": int, "batch_size": int, "alpha": float, "certify": bool}
+# Placement, not protocol: it never changes an outcome, so it stays out of cell ids.
+RESOURCE_DEFAULTS = {"num_cpus": 1.0, "num_gpus": 0.0}
 
 
 @dataclass
@@ -40,6 +45,7 @@ class Suite:
     data_root: Path | None
     description: str = ""
     cells: list[Cell] = field(default_factory=list)
+    resources: dict[str, dict] = field(default_factory=dict)  # task label -> Ray task resources
 
 
 def resolve_suite_path(name_or_path: str) -> Path:
@@ -96,6 +102,13 @@ def _protocol(base: dict, overrides: dict, where: str) -> Protocol:
     return protocol
 
 
+def _resources(base: dict, given: dict, where: str) -> dict:
+    resources = resolve_config(base, given, f"{where}, key 'resources'")
+    if any(value < 0 for value in resources.values()):
+        raise UsageError(f"{where}, key 'resources': values must be >= 0, got {resources}")
+    return resources
+
+
 def _table(raw: dict, key: str, where: str) -> dict:
     value = raw.get(key, {})
     return _expect(value, dict, f"{where}, key '{key}'", "a table")
@@ -122,6 +135,7 @@ def load_suite(name_or_path: str, data_root: str | Path | None = None,
     suite = Suite(name, path, hashlib.sha256(content).hexdigest(), seed,
                   Path(root) if root else None, raw.get("description", ""))
     base_protocol = {"seed": seed, **_table(raw, "protocol", where)}
+    base_resources = _resources(RESOURCE_DEFAULTS, _table(raw, "resources", where), where)
     tasks = _table(raw, "tasks", where)
     defenses = _table(raw, "defenses", where) if defenses is None else defenses
     attacks = _table(raw, "attacks", where)
@@ -154,6 +168,8 @@ def load_suite(name_or_path: str, data_root: str | Path | None = None,
             raise UsageError(f"{task_where}, key 'train': unknown key(s) {', '.join(bad)}; valid: "
                              f"{', '.join(TRAIN_DEFAULTS)}")
         protocol = _protocol(base_protocol, _table(task_raw, "protocol", task_where), task_where)
+        suite.resources[task_label] = _resources(base_resources,
+                                                 _table(task_raw, "resources", task_where), task_where)
 
         for defense_label, defense_raw in defenses.items():
             defense_spec = _component_spec(DEFENSES, "defenses", "defense", defense_label,

@@ -1,0 +1,395 @@
+"""`make perf`: what the suite's work costs, for fixed seeds and inputs, in one table.
+
+- forward: each mini model's raw batched forward passes (examples/s) next to the evaluator's
+  examples/s on the same examples: a clean cell end to end (model load, predictions, store
+  writes), and its batch loop alone (the model already loaded). Where the evaluator's overhead
+  exceeds 10%, a cell is profiled (cProfile) and the shares of its time are printed and kept
+  (cProfile's own cost inflates code of many small Python calls, such as the store's row
+  conversion, against the model's few large ones: read the shares as an upper bound).
+- attacks: PGD and AutoAttack (pyautoattack, custom APGD-CE + APGD-T) images/s, DeepWordBug
+  queries/s; PGD and DeepWordBug also through the evaluator, for its overhead on an attack cell.
+- certification: benchmarks/perf_certify.py, when present, is run as it is (see CERTIFY_HOOK).
+- ray: a small suite on the local executor and on a local Ray instance with 1 and 2 CPUs (one unit
+  per CPU), and the speed-up; skipped, with the reason, where `ray` is not installed.
+
+Results go to benchmarks/results/perf.json (committed), and a run prints the previous file's
+numbers beside its own. Timings are wall-clock on whatever else the machine is doing: the JSON
+records the load average. Nothing here asserts a speed.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import cProfile
+import datetime
+import io
+import itertools
+import json
+import os
+import platform
+import pstats
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import replace
+from pathlib import Path
+
+os.environ.setdefault("TQDM_DISABLE", "1")  # no progress bars between the tables (nor in Ray workers)
+
+import torch  # noqa: E402
+from tabulate import tabulate  # noqa: E402
+
+from benchmark.data import load_task
+from benchmark.evaluate import (batch_seed, build_defended, cell_batches, default_device,
+                                make_attack, run_batch, run_cell, run_suite)
+from benchmark.paths import default_cache_dir
+from benchmark.store import Store
+from benchmark.suite import load_suite
+from benchmark.train import set_seed
+
+HERE = Path(__file__).resolve().parent
+SUITE = HERE / "perf.toml"
+RESULTS = HERE / "results" / "perf.json"
+# The certification harness is another script; it is run as-is, with RBENCH_PERF_JSON naming a
+# file where it may write {"rows": [{"section", "name", "unit", "values": {...}, "ratio"}]}; its
+# printed table is shown, and its rows join this file's.
+CERTIFY_HOOK = HERE / "perf_certify.py"
+MIN_SECONDS = 1.0  # a timing repeats its work until at least this long has passed
+OVERHEAD_LIMIT = 0.10
+ALL = 10**9  # n_examples meaning "every test example"
+
+
+def timed(work, setup=None, min_seconds: float = MIN_SECONDS,
+          min_calls: int = 3) -> tuple[float, object]:
+    """The fastest call of `work()` (with an untimed `setup()` before each call, whose result it
+    gets) over at least `min_calls` calls and `min_seconds`, and the last call's result. The
+    fastest call is the one least disturbed by whatever else the machine runs."""
+    times, result = [], None
+    while len(times) < min_calls or sum(times) < min_seconds:
+        state = setup() if setup else None
+        start = time.perf_counter()
+        result = work(state) if setup else work()
+        times.append(time.perf_counter() - start)
+    return min(times), result
+
+
+class Evaluator:
+    """Runs single cells through the evaluator, each into a fresh store (store creation untimed)."""
+
+    def __init__(self, directory: Path, cache: Path):
+        self.directory, self.cache, self.runs = directory, cache, 0
+
+    def fresh_store(self) -> Store:
+        self.runs += 1
+        return Store(self.directory / f"evaluator-{self.runs}.sqlite")
+
+    def seconds(self, cell, task, min_calls: int = 3) -> float:
+        seconds, _ = timed(lambda store: run_cell(cell, "perf", store, task, self.cache),
+                           setup=self.fresh_store, min_calls=min_calls)
+        return seconds
+
+    def batch_seconds(self, cell, task, defended) -> float:
+        """The evaluator's loop alone (evaluate and commit each batch), the model already built."""
+        batches = cell_batches(cell, task)
+
+        def setup():
+            store = self.fresh_store()
+            store.open_cell("perf", cell, len(batches), "perf", None)
+            return store
+
+        def work(store):
+            for index in range(len(batches)):
+                store.write_batch(cell.id, index, run_batch(cell, defended, None, task, batches, index))
+
+        seconds, _ = timed(work, setup=setup)
+        return seconds
+
+    def profile(self, cell, task, runs: int = 5) -> dict:
+        """Where a clean cell's time goes: shares of the cell's wall time by part of the evaluator
+        (cumulative time of the functions named), and the functions with the most own time."""
+        profiler = cProfile.Profile()
+        for _ in range(runs):
+            profiler.runcall(run_cell, cell, "perf", self.fresh_store(), task, self.cache)
+        stats = pstats.Stats(profiler).stats
+
+        def cumulative(*names) -> float:
+            return sum(ct for (file, _, name), (_, _, _, ct, _) in stats.items()
+                       if (Path(file).name, name) in names)
+
+        total = cumulative(("evaluate.py", "run_cell"))
+        parts = {
+            "model forward (predict)": cumulative(("defended.py", "predict")),
+            "model load (build_defended)": cumulative(("evaluate.py", "build_defended")),
+            "store (SQLite)": cumulative(*[("store.py", n) for n in (
+                "open_cell", "cell_status", "done_batches", "write_batch", "finish_cell")]),
+            "seeding each batch (set_seed)": sum(
+                caller_ct for (file, _, name), (*_, callers) in stats.items()
+                if (Path(file).name, name) == ("train.py", "set_seed")
+                for (caller_file, _, caller), (_, _, _, caller_ct) in callers.items()
+                if caller == "evaluate_batch"),
+        }
+        parts["other (checks, rows, attack set-up)"] = total - sum(parts.values())
+        top = sorted(stats.items(), key=lambda item: -item[1][2])[:6]
+        return {"cell_ms": round(1000 * total / runs, 2),
+                "shares": {k: round(v / total, 3) for k, v in parts.items()},
+                "top_own_time": [f"{Path(f).name}:{line}({name}) {1000 * tt / runs:.1f} ms"
+                                 for (f, line, name), (_, _, tt, _, _) in top]}
+
+
+def with_examples(cell, n: int, batch_size: int):
+    return replace(cell, protocol=replace(cell.protocol, n_examples=n, batch_size=batch_size))
+
+
+def row(section, name, unit, values: dict, ratio=None, **extra) -> dict:
+    return {"section": section, "name": name, "unit": unit,
+            "values": {k: (round(v, 4) if isinstance(v, float) else v) for k, v in values.items()},
+            "ratio": None if ratio is None else round(ratio, 4), **extra}
+
+
+def forward_rows(cells, tasks, evaluator: Evaluator) -> list[dict]:
+    rows = []
+    for label in ("digits", "ctoy", "toy-sentiment"):
+        cell = with_examples(cells[(label, None)], ALL, 100)
+        task = tasks[label]
+        defended = build_defended(cell, task, evaluator.cache)
+        module = defended.module
+        inputs = [task.test.inputs(batch) for batch in cell_batches(cell, task)]
+        n = sum(len(x) for x in inputs)
+
+        @torch.no_grad()
+        def forward():
+            for x in inputs:
+                logits = module.classify(x) if isinstance(x, list) else module(torch.as_tensor(x))
+                logits.argmax(dim=1).numpy()
+
+        raw, _ = timed(forward)
+        evaluated = evaluator.seconds(cell, task)
+        looped = evaluator.batch_seconds(cell, task, defended)
+        extra = {"overhead": round(evaluated / raw - 1, 4),
+                 "overhead_batches_only": round(looped / raw - 1, 4), "examples": n}
+        if evaluated / raw - 1 > OVERHEAD_LIMIT:
+            extra["profile"] = evaluator.profile(cell, task)
+        rows.append(row("forward", f"{label} / {cell.model.name}", "examples/s",
+                        {"direct": n / raw, "evaluator": n / evaluated,
+                         "evaluator, batches only": n / looped}, raw / evaluated, **extra))
+    return rows
+
+
+def attack_direct(cell, task, defended) -> tuple[float, list]:
+    """Seconds for the cell's attack on its batches, seeded as the evaluator seeds them."""
+    attack = make_attack(cell)
+    batches = cell_batches(cell, task)
+
+    def work():
+        outcomes = []
+        for index, batch in enumerate(batches):
+            seed = batch_seed(cell.protocol.seed, cell.id, index)
+            set_seed(seed)
+            outcomes += attack.run(defended, task.test.inputs(batch), task.test.ys[batch], seed)
+        return outcomes
+
+    return timed(work, min_calls=1)
+
+
+def attack_rows(cells, tasks, evaluator: Evaluator) -> list[dict]:
+    rows = []
+    cell = with_examples(cells[("digits", "pgd-linf")], 200, 100)
+    task = tasks["digits"]
+    defended = build_defended(cell, task, evaluator.cache)
+    attack_direct(with_examples(cell, 10, 10), task, defended)  # warm-up, untimed
+    seconds, _ = attack_direct(cell, task, defended)
+    evaluated = evaluator.seconds(cell, task, min_calls=1)
+    rows.append(row("attacks", "PGD-20 l-inf, digits / smallcnn", "images/s",
+                    {"direct": 200 / seconds, "evaluator": 200 / evaluated}, seconds / evaluated,
+                    examples=200))
+    rows.append(autoattack_row(defended, task, cell))
+
+    cell = with_examples(cells[("toy-sentiment", "deepwordbug")], 40, 20)
+    task = tasks["toy-sentiment"]
+    defended = build_defended(cell, task, evaluator.cache)
+    attack_direct(with_examples(cell, 1, 1), task, defended)  # TextAttack's import (~9 s) untimed
+    seconds, outcomes = attack_direct(cell, task, defended)
+    queries = sum(o.queries for o in outcomes)
+    evaluated = evaluator.seconds(cell, task, min_calls=1)
+    rows.append(row("attacks", "DeepWordBug, toy-sentiment / textcnn", "queries/s",
+                    {"direct": queries / seconds, "evaluator": queries / evaluated},
+                    seconds / evaluated, examples=40, queries=queries,
+                    examples_per_s=round(40 / seconds, 3)))
+    return rows
+
+
+def autoattack_row(defended, task, cell, n: int = 64) -> dict:
+    from pyautoattack import AutoAttack
+
+    from attacks.vision.common import DefendedLogits
+
+    eps = cell.attack.params["eps"]
+    xs = torch.as_tensor(task.test.inputs(cell_batches(cell, task)[0][:n]))
+    ys = torch.as_tensor(task.test.ys[cell_batches(cell, task)[0][:n]])
+
+    def work():
+        attack = AutoAttack(DefendedLogits(defended), norm="Linf", eps=eps, version="custom",
+                            attacks=["apgd-ce", "apgd-t"], device="cpu", seed=0)
+        attack.apgd.n_restarts = 1  # the standard version's APGD settings, as in AutoAttack's paper
+        attack.apgd_targeted.n_target_classes = 9
+        with contextlib.redirect_stdout(io.StringIO()):
+            adversarial, _ = attack.run_standard_evaluation(xs, ys, batch_size=n)
+        with torch.no_grad():
+            return float((defended.logits(adversarial).argmax(1) == ys).float().mean())
+
+    seconds, robust = timed(work, min_seconds=0, min_calls=1)
+    return row("attacks", "AutoAttack APGD-CE + APGD-T (100 it.), digits / smallcnn", "images/s",
+               {"direct": n / seconds}, examples=n, robust_accuracy=round(robust, 3))
+
+
+def certify_rows() -> list[dict]:
+    if not CERTIFY_HOOK.exists():
+        print(f"(certification: {CERTIFY_HOOK.name} is not in this checkout yet; when it is, "
+              f"`make perf` runs it here)")
+        return []
+    with tempfile.TemporaryDirectory() as directory:
+        out = Path(directory) / "certify.json"
+        completed = subprocess.run([sys.executable, str(CERTIFY_HOOK)],
+                                   env={**os.environ, "RBENCH_PERF_JSON": str(out)})
+        if completed.returncode != 0:
+            return [row("certification", CERTIFY_HOOK.name, "exit status",
+                        {"returncode": completed.returncode})]
+        return json.loads(out.read_text()).get("rows", []) if out.exists() else []
+
+
+def ray_rows(suite, cache: Path, directory: Path) -> list[dict]:
+    try:
+        import ray
+    except ImportError:
+        print("(ray: not installed, so no Ray timings; pip install 'rbench[ray]')")
+        return []
+    from benchmark.ray_executor import run_suite_ray
+
+    def sized(cell):
+        return with_examples(cell, ALL, 60) if cell.task_label == "digits" else with_examples(cell, 20, 10)
+
+    small = replace(suite, cells=[sized(c) for c in suite.cells if c.task_label != "ctoy"])
+    batches = sum(len(cell_batches(c, load_task(c.task))) for c in small.cells)
+    name = f"digits + toy-sentiment: {len(small.cells)} cells, {batches} batches"
+    local = _run_seconds(lambda s: run_suite(small, s, cache), directory)
+    seconds = {}
+    for cpus in (1, 2):
+        start = time.perf_counter()
+        ray.init(num_cpus=cpus, include_dashboard=False, logging_level="warning")
+        seconds[f"init_{cpus}"] = time.perf_counter() - start
+        try:  # cold: workers start and import; warm: the same again on the started workers
+            for run in ("cold", "warm"):
+                seconds[f"{run}_{cpus}"] = _run_seconds(lambda s: run_suite_ray(small, s, cache),
+                                                        directory)
+        finally:
+            ray.shutdown()
+    note = ("wall seconds; ratio: speed-up of 2 CPUs (two units at once) over 1; cold includes "
+            "worker start-up and imports (TextAttack's ~9 s in each worker), not ray.init")
+    return [row("ray", f"{name}, warm", "s", {"local": local, "1 cpu": seconds["warm_1"],
+                                               "2 cpus": seconds["warm_2"]},
+                seconds["warm_1"] / seconds["warm_2"], note=note),
+            row("ray", f"{name}, cold", "s", {"local": local, "1 cpu": seconds["cold_1"],
+                                               "2 cpus": seconds["cold_2"]},
+                seconds["cold_1"] / seconds["cold_2"],
+                ray_init_s=[round(seconds["init_1"], 2), round(seconds["init_2"], 2)])]
+
+
+_runs = itertools.count()
+
+
+def _run_seconds(run, directory: Path) -> float:
+    store = Store(directory / f"run-{next(_runs)}.sqlite")
+    start = time.perf_counter()
+    counts = run(store)
+    assert set(counts) == {"done"}, counts
+    return time.perf_counter() - start
+
+
+def previous_values() -> dict:
+    if not RESULTS.exists():
+        return {}
+    old = json.loads(RESULTS.read_text())
+    return {(r["section"], r["name"]): r for r in old.get("rows", [])}
+
+
+def print_table(rows: list[dict], previous: dict) -> None:
+    for section in dict.fromkeys(r["section"] for r in rows):
+        members = [r for r in rows if r["section"] == section]
+        keys = list(dict.fromkeys(k for r in members for k in r["values"]))
+        table = []
+        for r in members:
+            old = previous.get((section, r["name"]))
+            table.append([r["name"], r["unit"], *[_fmt(r["values"].get(k)) for k in keys],
+                          _fmt(r["ratio"]), _fmt(old["ratio"]) if old else "",
+                          " ".join(_fmt(old["values"].get(k)) for k in keys) if old else ""])
+        ratio = {"forward": "evaluator/direct", "attacks": "evaluator/direct",
+                 "ray": "speed-up"}.get(section, "ratio")
+        print(f"\n## {section}\n")
+        print(tabulate(table, headers=["measurement", "unit", *keys, ratio, "prev ratio",
+                                       "prev values"], tablefmt="github"))
+        for r in members:
+            if r.get("profile"):
+                profile = r["profile"]
+                shares = ", ".join(f"{k} {v:.0%}" for k, v in profile["shares"].items())
+                print(f"\nevaluator overhead {r['overhead']:.0%} on {r['name']} "
+                      f"({profile['cell_ms']:.0f} ms a cell): {shares}")
+
+
+def _fmt(value) -> str:
+    if value is None:
+        return ""
+    return f"{value:.3g}" if isinstance(value, float) else str(value)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=RESULTS, help="where the JSON goes")
+    parser.add_argument("--skip", action="append", default=[],
+                        choices=["forward", "attacks", "certification", "ray"])
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch threads (default 1: steady on a shared machine, and what one "
+                             "Ray unit of 1 CPU gets)")
+    args = parser.parse_args(argv)
+    started = time.perf_counter()
+    torch.set_num_threads(args.threads)
+    cache = default_cache_dir()
+    suite = load_suite(str(SUITE))
+    cells = {(c.task_label, c.attack_label): c for c in suite.cells}
+    tasks = {label: load_task(cell.task) for (label, _), cell in cells.items()}
+    previous = previous_values()
+    rows = []
+    with tempfile.TemporaryDirectory() as directory:
+        directory = Path(directory)
+        evaluator = Evaluator(directory, cache)
+        # Train (or load) every model first, so no timing includes training.
+        for (label, attack), cell in cells.items():
+            if attack is None:
+                build_defended(cell, tasks[label], cache)
+        if "forward" not in args.skip:
+            rows += forward_rows(cells, tasks, evaluator)
+        if "attacks" not in args.skip:
+            rows += attack_rows(cells, tasks, evaluator)
+        if "certification" not in args.skip:
+            rows += certify_rows()
+        if "ray" not in args.skip:
+            rows += ray_rows(suite, cache, directory)
+    result = {
+        "generated": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "machine": {"python": platform.python_version(), "torch": torch.__version__,
+                    "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+                    "load_average_1m": round(os.getloadavg()[0], 2),
+                    "device": str(default_device())},
+        "seconds": round(time.perf_counter() - started, 1),
+        "rows": rows,
+    }
+    print_table(rows, previous)
+    print(f"\n{result['seconds']:.0f} s; load average {result['machine']['load_average_1m']} on "
+          f"{os.cpu_count()} cores; wrote {args.out}")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=1) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
