@@ -31,5 +31,9 @@ leaderboard: install
 test: install
 	$(PY) -m pytest
 
+# Certification speed, naive per-sample versus batched, on SST-2 from ../shared/data (see the script).
+perf: install
+	$(PY) benchmarks/perf_certify.py
+
 clean-results:
 	rm -f results/$(SUITE).sqlite
