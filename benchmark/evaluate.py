@@ -76,11 +76,17 @@ def source_hash(*objects) -> str:
 
 
 def build_cache_key(cell: Cell, task) -> str:
+    """A defense may name `inference_keys` (config keys that do not shape training: sample counts,
+    ensembling) so entries differing only in those share trained weights, and `cache_sources`
+    (modules besides its own whose source shapes training)."""
     defense = DEFENSES.get(cell.defense.name).obj
     model = MODELS.get(cell.model.name).obj
-    code = source_hash(defense, model, set_seed)
+    code = source_hash(defense, model, set_seed, *getattr(defense, "cache_sources", ()))
+    skip = set(getattr(defense, "inference_keys", ()))
+    shaping = {"name": cell.defense.name,
+               "params": {k: v for k, v in cell.defense.params.items() if k not in skip}}
     return content_hash({"task": cell.task.to_dict(), "data": task.checksums(),
-                         "model": cell.model.to_dict(), "defense": cell.defense.to_dict(),
+                         "model": cell.model.to_dict(), "defense": shaping,
                          "poison": cell.poison.to_dict() if cell.poison else None, "code": code})
 
 
@@ -169,7 +175,8 @@ def evaluate_batch(cell: Cell, defended, attack, xs, ys: np.ndarray, indices: np
         for row, certificate in zip(rows, certificates):
             row.update(certified=int(certificate.certified), radius=float(certificate.radius),
                        abstained=int(certificate.abstained), p_lower=certificate.p_lower,
-                       extra={"samples": certificate.samples, "certified_prediction": certificate.prediction})
+                       extra={**certificate.details, "samples": certificate.samples,
+                              "certified_prediction": certificate.prediction})
     return rows
 
 

@@ -19,7 +19,8 @@ class Certificate:
 
     `radius` is in the defense's own `unit` (words for l0 masking, latent_l2 for CISS, l2 for image
     smoothing, synonym_set for SAFER/CROWD/IBP). `certified` means the prediction is correct and
-    provably constant within `radius`.
+    provably constant within `radius`. `details` (JSON-able) is stored with the outcome, e.g. the
+    text length in words that RanMASK's MCR divides by.
     """
 
     prediction: int
@@ -29,6 +30,7 @@ class Certificate:
     abstained: bool = False
     p_lower: float | None = None
     samples: int = 0
+    details: dict = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,8 @@ from pathlib import Path
 import numpy as np
 from tabulate import tabulate
 
-from benchmark.stats import rate
+from benchmark.certify import median_certified
+from benchmark.stats import median_interval, rate
 from benchmark.store import Store
 
 REPORT_ALPHA = 0.05  # every reported interval is a 95% interval
@@ -21,7 +22,7 @@ MANIFEST_KEYS = ("suite", "suite_sha256", "seed", "git_commit", "git_dirty", "pa
                  "device", "torch_threads", "data", "protocols")
 
 
-def cell_metrics(outcomes: list[dict], has_attack: bool) -> dict:
+def cell_metrics(outcomes: list[dict], has_attack: bool, unit: str | None = None) -> dict:
     labels = np.array([o["label"] for o in outcomes])
     clean = np.array([o["clean_prediction"] for o in outcomes])
     correct = clean == labels
@@ -38,14 +39,35 @@ def cell_metrics(outcomes: list[dict], has_attack: bool) -> dict:
         metrics["mean_perturbation"] = _mean(perturbation[success])
     certified = [o for o in outcomes if o["certified"] is not None]
     if certified:
-        flags = np.array([o["certified"] for o in certified], dtype=bool)
+        # An example counts when its certificate holds *and* the deployed prediction is right: a
+        # randomized defense certifies with more draws than it predicts with, and the certified
+        # accuracy must not exceed the clean accuracy of the rule actually deployed.
+        flags = np.array([o["certified"] and o["clean_prediction"] == o["label"] for o in certified],
+                         dtype=bool)
         abstained = np.array([o["abstained"] for o in certified], dtype=bool)
         metrics["certified_accuracy"] = rate(flags.sum(), len(certified), REPORT_ALPHA).to_dict()
         metrics["abstain_rate"] = rate(abstained.sum(), len(certified), REPORT_ALPHA).to_dict()
         radii = np.array([o["radius"] for o in certified], dtype=float)
         metrics["median_certified_radius"] = {"value": float(np.median(np.where(flags, radii, 0.0))),
                                               "n": len(certified)}
+        if unit == "words":  # RanMASK's l0 certificate: MCB and MCR, wrong or abstained = -infinity
+            right = np.array([not o["abstained"] and o["clean_prediction"] == o["label"]
+                              and o["extra"].get("certified_prediction") == o["label"] for o in certified])
+            lengths = np.array([o["extra"].get("length") or np.nan for o in certified], dtype=float)
+            metrics["mcb"] = _median_metric(np.where(right, radii, -np.inf))
+            metrics["mcr"] = _median_metric(np.where(right, radii / lengths, -np.inf))
     return metrics
+
+
+def _median_metric(values: np.ndarray) -> dict:
+    """A median with its 95% order-statistic interval; -infinity (N/A) is reported as None."""
+    low, high = median_interval(values, REPORT_ALPHA)
+    return {"value": median_certified(values), "low": _finite(low), "high": _finite(high),
+            "n": int(len(values))}
+
+
+def _finite(value: float) -> float | None:
+    return float(value) if np.isfinite(value) else None
 
 
 def _mean(values: np.ndarray) -> dict:
@@ -103,7 +125,7 @@ def build_leaderboard(store: Store, suite: str, submissions: list[dict] = ()) ->
         outcomes = store.outcomes(record.cell_id)
         row = {"defense": record.defense, "model": record.model, "cell_id": record.cell_id,
                "certificate_unit": record.certificate_unit if record.attack is None else None,
-               "metrics": cell_metrics(outcomes, record.attack is not None)}
+               "metrics": cell_metrics(outcomes, record.attack is not None, record.certificate_unit)}
         curve = certified_curve(outcomes)
         if curve is not None:
             row["certified_curve"] = curve
@@ -131,7 +153,8 @@ def build_leaderboard(store: Store, suite: str, submissions: list[dict] = ()) ->
 COLUMNS = [("clean_accuracy", "clean acc %"), ("robust_accuracy", "acc under attack %"),
            ("attack_success_rate", "attack success %"), ("mean_queries", "avg queries"),
            ("mean_perturbation", "avg perturbation"), ("certified_accuracy", "certified acc %"),
-           ("abstain_rate", "abstain %"), ("median_certified_radius", "median radius")]
+           ("abstain_rate", "abstain %"), ("median_certified_radius", "median radius"),
+           ("mcb", "MCB (words)"), ("mcr", "MCR (d/h)")]
 
 
 def format_metric(metric: dict) -> str:
@@ -140,18 +163,24 @@ def format_metric(metric: dict) -> str:
             return "n/a (n=0)"
         return (f"{100 * metric['value']:.1f} [{100 * metric['low']:.1f}, "
                 f"{100 * metric['high']:.1f}] (n={metric['n']})")
+    if "low" in metric:  # a median with its interval; None is N/A (-infinity)
+        low, value, high = ("N/A" if v is None else f"{v:.3g}"
+                            for v in (metric["low"], metric["value"], metric["high"]))
+        return f"{value} [{low}, {high}] (n={metric['n']})"
     return "n/a" if metric["value"] is None else f"{metric['value']:.3g} (n={metric['n']})"
 
 
 def table_rows(table: dict) -> tuple[list[str], list[list[str]]]:
     present = [(k, label) for k, label in COLUMNS if any(k in r["metrics"] for r in table["rows"])]
-    headers = ["rank", "defense", "model"] + [
+    units = any(r["certificate_unit"] for r in table["rows"])
+    headers = ["rank", "defense", "model"] + (["certificate unit"] if units else []) + [
         f"{label} ({', '.join(table['certificate_units'])})" if k == "median_certified_radius" and
         table["certificate_units"] else label for k, label in present]
     rows = []
     for rank, row in enumerate(table["rows"], 1):
         defense = row["defense"] + (" (submission)" if row.get("submission") else "")
         rows.append([str(rank), defense, row["model"]] +
+                    ([row["certificate_unit"] or ""] if units else []) +
                     [format_metric(row["metrics"][k]) if k in row["metrics"] else "" for k, _ in present])
     return headers, rows
 

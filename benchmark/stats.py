@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
+import numpy as np
+from scipy.stats import binom
 from statsmodels.stats.proportion import proportion_confint
 
 
@@ -39,3 +41,17 @@ def clopper_pearson(successes: int, n: int, alpha: float = 0.05) -> tuple[float,
 def rate(successes: int, n: int, alpha: float = 0.05) -> Rate:
     low, high = clopper_pearson(int(successes), int(n), alpha)
     return Rate(int(successes), int(n), low, high)
+
+
+def median_interval(values, alpha: float = 0.05) -> tuple[float, float]:
+    """Distribution-free (1 - alpha) interval for a median from order statistics: [x_(l), x_(n-l+1)]
+    with l - 1 the largest j such that P(Binomial(n, 1/2) <= j) <= alpha / 2 (conservative with
+    ties). (-inf, inf) when n is too small for any such l."""
+    ordered = np.sort(np.asarray(values, dtype=float))
+    n = len(ordered)
+    cdf = binom.cdf(np.arange(n), n, 0.5)
+    below = np.flatnonzero(cdf <= alpha / 2)
+    if not len(below):
+        return float("-inf"), float("inf")
+    l = int(below[-1]) + 1  # 1-based order statistic
+    return float(ordered[l - 1]), float(ordered[n - l])

@@ -116,8 +116,19 @@ class TextCNN(TextClassifier):
         if embeddings.shape[1] < width:  # pad short texts so every kernel fits
             embeddings = nn.functional.pad(embeddings, (0, 0, 0, width - embeddings.shape[1]))
         x = embeddings.transpose(1, 2)
-        pooled = [torch.relu(conv(x)).amax(dim=2) for conv in self.convolutions]
+        lengths = attention_mask.sum(dim=1)
+        pooled = [torch.relu(conv(x)).masked_fill(~self.valid_windows(lengths, k, x.shape[2])[:, None, :], 0.0)
+                  .amax(dim=2) for conv, k in zip(self.convolutions, self.kernel_sizes)]
         return self.output(self.dropout(torch.cat(pooled, dim=1)))
+
+    @staticmethod
+    def valid_windows(lengths: torch.Tensor, kernel_size: int, width: int) -> torch.Tensor:
+        """(batch, windows) mask of the convolution windows that start inside the text: the pool
+        ignores windows lying in the batch's padding, so a text's logits do not depend on the other
+        texts in its batch (a text shorter than the kernel keeps its first window). Zero is a
+        neutral fill: the pooled values are ReLU outputs."""
+        starts = torch.arange(width - kernel_size + 1, device=lengths.device)
+        return starts[None, :] <= (lengths - kernel_size).clamp(min=0)[:, None]
 
 
 @register_model("textcnn", modality="text")

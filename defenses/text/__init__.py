@@ -1,0 +1,1 @@
+"""Certified defenses against word substitution: RanMASK, SAFER, IBP and CISS."""
