@@ -48,6 +48,26 @@ def cell_metrics(outcomes: list[dict], has_attack: bool) -> dict:
     return metrics
 
 
+def backdoor_metrics(outcomes: list[dict]) -> dict:
+    """A backdoor cell: benign accuracy on the clean test inputs; attack success rate (prediction =
+    target) and, for certifying defenses, certified accuracy (certified and correct against the
+    true label) on the triggered inputs, which are the test examples whose label is not the target."""
+    labels = np.array([o["label"] for o in outcomes])
+    clean = np.array([o["clean_prediction"] for o in outcomes])
+    triggered = [o for o in outcomes if o["success"] is not None]
+    metrics = {"benign_accuracy": rate((clean == labels).sum(), len(labels), REPORT_ALPHA).to_dict(),
+               "attack_success_rate": rate(sum(o["success"] for o in triggered), len(triggered),
+                                           REPORT_ALPHA).to_dict()}
+    certified = [o for o in triggered if o["certified"] is not None]
+    if certified:
+        flags = np.array([o["certified"] for o in certified], dtype=bool)
+        metrics["certified_accuracy"] = rate(flags.sum(), len(certified), REPORT_ALPHA).to_dict()
+        radii = np.array([o["radius"] for o in certified], dtype=float)
+        metrics["median_certified_radius"] = {"value": float(np.median(np.where(flags, radii, 0.0))),
+                                              "n": len(certified)}
+    return metrics
+
+
 def _mean(values: np.ndarray) -> dict:
     return {"value": float(values.mean()) if len(values) else None, "n": int(len(values))}
 
@@ -56,6 +76,10 @@ HEADLINE = ("certified_accuracy", "robust_accuracy", "clean_accuracy")
 
 
 def _rank_key(row: dict):
+    if "attack_success_rate" in row["metrics"] and "benign_accuracy" in row["metrics"]:
+        # backdoor tables: the lowest attack success first, then the highest benign accuracy
+        asr = row["metrics"]["attack_success_rate"]["value"]
+        return (1.0 if asr is None else asr, -row["metrics"]["benign_accuracy"]["value"])
     for name in HEADLINE:
         if name in row["metrics"] and row["metrics"][name]["value"] is not None:
             return -row["metrics"][name]["value"]
@@ -66,15 +90,19 @@ def build_leaderboard(store: Store, suite: str) -> dict:
     tables: dict[tuple, dict] = {}
     for record in store.cells(suite, status="done"):
         key = (record.task, record.threat_id)
+        backdoor = record.spec.get("poison") is not None
+        has_attack = record.attack is not None and not backdoor
         table = tables.setdefault(key, {
             "task": record.task, "threat_id": record.threat_id, "attack": record.attack,
+            "kind": "backdoor" if backdoor else "attack" if has_attack else "clean",
             "description": record.threat_description, "certificate_units": [], "rows": []})
-        if record.certificate_unit and record.attack is None:
+        if record.certificate_unit and not has_attack:
             table["certificate_units"] = sorted(set(table["certificate_units"]) | {record.certificate_unit})
+        outcomes = store.outcomes(record.cell_id)
         table["rows"].append({
             "defense": record.defense, "model": record.model, "cell_id": record.cell_id,
-            "certificate_unit": record.certificate_unit if record.attack is None else None,
-            "metrics": cell_metrics(store.outcomes(record.cell_id), record.attack is not None)})
+            "certificate_unit": record.certificate_unit if not has_attack else None,
+            "metrics": backdoor_metrics(outcomes) if backdoor else cell_metrics(outcomes, has_attack)})
     ordered = []
     for key in sorted(tables, key=lambda k: (k[0], k[1] != "clean", k[1])):
         table = tables[key]
@@ -103,8 +131,14 @@ def format_metric(metric: dict) -> str:
     return "n/a" if metric["value"] is None else f"{metric['value']:.3g} (n={metric['n']})"
 
 
+BACKDOOR_COLUMNS = [("benign_accuracy", "benign acc %"), ("attack_success_rate", "ASR %"),
+                    ("certified_accuracy", "certified acc on triggered %"),
+                    ("median_certified_radius", "median radius")]
+
+
 def table_rows(table: dict) -> tuple[list[str], list[list[str]]]:
-    present = [(k, label) for k, label in COLUMNS if any(k in r["metrics"] for r in table["rows"])]
+    columns = BACKDOOR_COLUMNS if table.get("kind") == "backdoor" else COLUMNS
+    present = [(k, label) for k, label in columns if any(k in r["metrics"] for r in table["rows"])]
     headers = ["rank", "defense", "model"] + [
         f"{label} ({', '.join(table['certificate_units'])})" if k == "median_certified_radius" and
         table["certificate_units"] else label for k, label in present]
@@ -132,7 +166,14 @@ def render_markdown(board: dict) -> str:
             source = manifest.get("data", {}).get(task, {}).get("source", "")
             lines += [f"## {task}", "", f"Data: {source}.", ""] if source else [f"## {task}", ""]
         title = "clean inputs" if table["threat_id"] == "clean" else f"{table['attack']} (`{table['threat_id']}`)"
+        if table.get("kind") == "backdoor":
+            title = f"backdoor: {title}"
         lines += [f"### {title}", "", f"Threat model: {table['description']}.", ""]
+        if table.get("kind") == "backdoor":
+            lines += ["Each defense is trained on the poisoned training split. Benign accuracy: clean "
+                      "test inputs; ASR: triggered test inputs whose true label is not the target, "
+                      "classified as the target; certified accuracy: those triggered inputs "
+                      "certified with their true label.", ""]
         headers, rows = table_rows(table)
         lines += [tabulate(rows, headers, tablefmt="github"), ""]
     if board["not_run"]:
