@@ -7,3 +7,8 @@ class UsageError(Exception):
 
 class DataError(UsageError):
     """A dataset file or directory is missing or malformed."""
+
+
+class NotRun(Exception):
+    """A cell cannot run here (a model or files it needs are unavailable offline): it is recorded
+    with status 'not_run' and this message as its reason, never replaced by a substitute."""

@@ -17,12 +17,13 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from benchmark import backdoor
 from benchmark.data import load_task
-from benchmark.errors import UsageError
+from benchmark.errors import NotRun, UsageError
 from benchmark.interfaces import ABSTAIN
 from benchmark.models import build_model
 from benchmark.paths import REPO_ROOT, default_cache_dir
-from benchmark.registry import ATTACKS, DEFENSES, MODELS
+from benchmark.registry import ATTACKS, DEFENSES, MODELS, POISONERS
 from benchmark.specs import Cell, content_hash
 from benchmark.store import Store
 from benchmark.suite import Suite
@@ -213,6 +214,8 @@ def run_batch(cell: Cell, defended, attack, task, batches: list[np.ndarray],
 def run_cell(cell: Cell, suite_name: str, store: Store, task, cache_dir: Path,
              device: torch.device | None = None) -> str:
     """Evaluate one cell, resuming after its last finished batch. Returns the cell's status."""
+    if cell.poison is not None:
+        return run_backdoor_cell(cell, suite_name, store, task, cache_dir, device)
     attack, batches, todo = open_cell(cell, suite_name, store, task)
     if todo:
         defended = build_defended(cell, task, cache_dir, device)
@@ -260,6 +263,10 @@ def run_suite(suite: Suite, store: Store, cache_dir: Path | None = None,
     for cell in tqdm(suite.cells, desc=f"suite {suite.name}"):
         try:
             status = run_cell(cell, suite.name, store, tasks[cell.task_label], cache_dir, device)
+        except NotRun as error:  # unavailable here (e.g. a paraphrase model offline): say why
+            store.fail_cell(cell.id, str(error), status="not_run")
+            print(f"cell {cell.describe()} not run: {error}", file=sys.stderr)
+            status = "not_run"
         except Exception as error:  # one broken cell must not stop the others; it is recorded
             record_failure(store, cell, failure_reason(error),
                            None if isinstance(error, UsageError) else traceback.format_exc())
@@ -290,3 +297,65 @@ def record_failure(store: Store, cell: Cell, reason: str, trace: str | None = No
     if trace:
         print(trace, file=sys.stderr, end="")
     print(f"cell {cell.describe()} failed: {reason}", file=sys.stderr)
+
+
+def evaluate_backdoor_batch(cell: Cell, defended, xs, ys: np.ndarray, indices: np.ndarray,
+                            triggered: dict[int, str], seed: int, num_classes: int) -> list[dict]:
+    """Benign predictions on the clean inputs; on the triggered inputs (test examples whose true
+    label is not the target) the prediction, attack success (predicted the target) and, for a
+    certifying defense, its certificate against the true label."""
+    set_seed(seed)
+    who = f"defense '{cell.defense_label}'"
+    target = cell.poison.params["target_label"]
+    clean = check_predictions(defended.predict(xs), len(ys), num_classes, who)
+    rows = [{"example_index": int(i), "label": int(y), "clean_prediction": int(p)}
+            for i, y, p in zip(indices, ys, clean)]
+    positions = [k for k, i in enumerate(indices) if int(i) in triggered]
+    if not positions:
+        return rows
+    texts = [triggered[int(indices[k])] for k in positions]
+    predictions = check_predictions(defended.predict(texts), len(texts), num_classes, who)
+    for k, text, prediction in zip(positions, texts, predictions):
+        rows[k].update(adversarial_prediction=int(prediction), success=int(prediction == target),
+                       adversarial_text=text)
+    if cell.protocol.certify and hasattr(defended, "certify"):
+        certificates = defended.certify(texts, ys[positions], cell.protocol.alpha, seed)
+        for k, certificate in zip(positions, certificates):
+            rows[k].update(certified=int(certificate.certified), radius=float(certificate.radius),
+                           abstained=int(certificate.abstained), p_lower=certificate.p_lower,
+                           extra={"samples": certificate.samples,
+                                  "certified_prediction": certificate.prediction})
+    return rows
+
+
+def run_backdoor_cell(cell: Cell, suite_name: str, store: Store, task, cache_dir: Path,
+                      device: torch.device | None = None) -> str:
+    """A backdoor cell: poison the training split (cached, shared by every defense), build the
+    defense on it, then evaluate the sampled test examples clean and triggered, in batches."""
+    poisoner = POISONERS.get(cell.poison.name).obj(cell.poison.params)
+    defense = DEFENSES.get(cell.defense.name)
+    unit = defense.tags.get("unit")
+    if unit and hasattr(defense.obj, "certificate_threat"):  # e.g. which substitutions, weighted how
+        unit = f"{unit} ({defense.obj.certificate_threat(cell.defense.params)})"
+    indices = sample_indices(len(task.test), cell.protocol.n_examples, cell.protocol.seed)
+    size = cell.protocol.batch_size
+    batches = [indices[start:start + size] for start in range(0, len(indices), size)]
+    store.open_cell(suite_name, cell, len(batches), poisoner.describe(), unit)
+    if store.cell_status(cell.id) == "done":
+        return "done"
+    todo = [b for b in range(len(batches)) if b not in store.done_batches(cell.id)]
+    if todo:
+        code = source_hash(*[c for c in type(poisoner).__mro__ if c is not object],
+                           backdoor.poison_split)
+        poisoned = backdoor.poisoned_task(task, cell.poison, poisoner, cache_dir, code)
+        triggered = backdoor.triggered_test(task, cell.poison, poisoner, indices, cache_dir, code)
+        defended = build_defended(cell, poisoned, cache_dir, device)
+        for batch_index in tqdm(todo, desc=cell.describe(), leave=False):
+            batch = batches[batch_index]
+            rows = evaluate_backdoor_batch(cell, defended, task.test.inputs(batch),
+                                           task.test.ys[batch], batch, triggered,
+                                           batch_seed(cell.protocol.seed, cell.id, batch_index),
+                                           task.num_classes)
+            store.write_batch(cell.id, batch_index, rows)
+    store.finish_cell(cell.id)
+    return "done"

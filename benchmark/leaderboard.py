@@ -70,6 +70,26 @@ def _finite(value: float) -> float | None:
     return float(value) if np.isfinite(value) else None
 
 
+def backdoor_metrics(outcomes: list[dict]) -> dict:
+    """A backdoor cell: benign accuracy on the clean test inputs; attack success rate (prediction =
+    target) and, for certifying defenses, certified accuracy (certified and correct against the
+    true label) on the triggered inputs, which are the test examples whose label is not the target."""
+    labels = np.array([o["label"] for o in outcomes])
+    clean = np.array([o["clean_prediction"] for o in outcomes])
+    triggered = [o for o in outcomes if o["success"] is not None]
+    metrics = {"benign_accuracy": rate((clean == labels).sum(), len(labels), REPORT_ALPHA).to_dict(),
+               "attack_success_rate": rate(sum(o["success"] for o in triggered), len(triggered),
+                                           REPORT_ALPHA).to_dict()}
+    certified = [o for o in triggered if o["certified"] is not None]
+    if certified:
+        flags = np.array([o["certified"] for o in certified], dtype=bool)
+        metrics["certified_accuracy"] = rate(flags.sum(), len(certified), REPORT_ALPHA).to_dict()
+        radii = np.array([o["radius"] for o in certified], dtype=float)
+        metrics["median_certified_radius"] = {"value": float(np.median(np.where(flags, radii, 0.0))),
+                                              "n": len(certified)}
+    return metrics
+
+
 def _mean(values: np.ndarray) -> dict:
     # The sample standard deviation lets `rbench regress` test a change of the mean (Welch's t).
     return {"value": float(values.mean()) if len(values) else None, "n": int(len(values)),
@@ -100,6 +120,10 @@ HEADLINE = ("certified_accuracy", "robust_accuracy", "clean_accuracy")
 
 
 def _rank_key(row: dict):
+    if "attack_success_rate" in row["metrics"] and "benign_accuracy" in row["metrics"]:
+        # backdoor tables: the lowest attack success first, then the highest benign accuracy
+        asr = row["metrics"]["attack_success_rate"]["value"]
+        return (1.0 if asr is None else asr, -row["metrics"]["benign_accuracy"]["value"])
     for name in HEADLINE:
         if name in row["metrics"] and row["metrics"][name]["value"] is not None:
             return -row["metrics"][name]["value"]
@@ -118,14 +142,18 @@ def build_leaderboard(store: Store, suite: str, submissions: list[dict] = ()) ->
 
     for record in store.cells(suite, status="done"):
         attack = record.spec.get("attack")
+        backdoor = record.spec.get("poison") is not None
+        has_attack = record.attack is not None and not backdoor
         table = table_for(record.task, record.threat_id, record.attack, record.threat_description,
                           attack["params"] if attack else None)
-        if record.certificate_unit and record.attack is None:
+        table["kind"] = "backdoor" if backdoor else "attack" if has_attack else "clean"
+        if record.certificate_unit and not has_attack:
             table["certificate_units"] = sorted(set(table["certificate_units"]) | {record.certificate_unit})
         outcomes = store.outcomes(record.cell_id)
         row = {"defense": record.defense, "model": record.model, "cell_id": record.cell_id,
-               "certificate_unit": record.certificate_unit if record.attack is None else None,
-               "metrics": cell_metrics(outcomes, record.attack is not None, record.certificate_unit)}
+               "certificate_unit": record.certificate_unit if not has_attack else None,
+               "metrics": backdoor_metrics(outcomes) if backdoor else
+               cell_metrics(outcomes, has_attack, record.certificate_unit)}
         curve = certified_curve(outcomes)
         if curve is not None:
             row["certified_curve"] = curve
@@ -170,8 +198,14 @@ def format_metric(metric: dict) -> str:
     return "n/a" if metric["value"] is None else f"{metric['value']:.3g} (n={metric['n']})"
 
 
+BACKDOOR_COLUMNS = [("benign_accuracy", "benign acc %"), ("attack_success_rate", "ASR %"),
+                    ("certified_accuracy", "certified acc on triggered %"),
+                    ("median_certified_radius", "median radius")]
+
+
 def table_rows(table: dict) -> tuple[list[str], list[list[str]]]:
-    present = [(k, label) for k, label in COLUMNS if any(k in r["metrics"] for r in table["rows"])]
+    columns = BACKDOOR_COLUMNS if table.get("kind") == "backdoor" else COLUMNS
+    present = [(k, label) for k, label in columns if any(k in r["metrics"] for r in table["rows"])]
     units = any(r["certificate_unit"] for r in table["rows"])
     headers = ["rank", "defense", "model"] + (["certificate unit"] if units else []) + [
         f"{label} ({', '.join(table['certificate_units'])})" if k == "median_certified_radius" and
@@ -202,7 +236,14 @@ def render_markdown(board: dict) -> str:
             source = manifest.get("data", {}).get(task, {}).get("source", "")
             lines += [f"## {task}", "", f"Data: {source}.", ""] if source else [f"## {task}", ""]
         title = "clean inputs" if table["threat_id"] == "clean" else f"{table['attack']} (`{table['threat_id']}`)"
+        if table.get("kind") == "backdoor":
+            title = f"backdoor: {title}"
         lines += [f"### {title}", "", f"Threat model: {table['description']}.", ""]
+        if table.get("kind") == "backdoor":
+            lines += ["Each defense is trained on the poisoned training split. Benign accuracy: clean "
+                      "test inputs; ASR: triggered test inputs whose true label is not the target, "
+                      "classified as the target; certified accuracy: those triggered inputs "
+                      "certified with their true label.", ""]
         headers, rows = table_rows(table)
         lines += [tabulate(rows, headers, tablefmt="github"), ""]
     if board["not_run"]:

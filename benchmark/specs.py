@@ -82,6 +82,12 @@ class PoisonSpec(Spec):
     name: str = ""
     params_json: str = "{}"
 
+    @property
+    def threat_id(self) -> str:
+        """The backdoor threat model's identity: the poisoner and its whole config (rate, target
+        label, label mode, trigger, seed)."""
+        return f"{self.name}-{self.hash[:8]}"
+
 
 @dataclass(frozen=True)
 class Protocol:
@@ -102,6 +108,8 @@ class Protocol:
 class Cell:
     """One unit of evaluation. `attack` None means clean accuracy (and certification, if offered).
 
+    A backdoor cell has `poison` set and no attack: the defense is built on the poisoned training
+    split, and `attack_label` is the poisoner's suite label.
     `task_label`, `defense_label` and `attack_label` are the suite's entry names, shown on
     leaderboards; the hashes of the specs, not the labels, identify the cell in the store.
     """
@@ -131,11 +139,14 @@ class Cell:
 
     @property
     def threat_id(self) -> str:
+        if self.poison:
+            return self.poison.threat_id
         return self.attack.threat_id if self.attack else "clean"
 
     def describe(self) -> str:
         parts = [self.task_label, self.model.name, self.defense_label]
         if self.poison:
-            parts.append(f"poison={self.poison.name}")
-        parts.append(self.attack_label or "clean")
+            parts.append(f"poison={self.attack_label or self.poison.name}")
+        else:
+            parts.append(self.attack_label or "clean")
         return " / ".join(parts)

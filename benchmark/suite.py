@@ -11,8 +11,13 @@
     [attacks.<label>]     # attack = registered name (default: label), same keys as defenses
     [resources]           # num_cpus, num_gpus: what one unit of work (a batch, a model build)
                           # asks of a Ray cluster; ignored by the local executor
+    [poisoners.<label>]   # poisoner = registered name (default: label), same keys as defenses;
+                          # params include rate, target_label, label_mode, seed
 
-Every compatible (task, defense) pair gets a clean cell, and one cell per compatible attack.
+Every compatible (task, defense) pair gets a clean cell, and one cell per compatible attack. A
+defense registered with `backdoor=True` also gets one backdoor cell per compatible poisoner: it is
+built on the poisoned training split and evaluated on clean and triggered test inputs. A defense's
+`cells = ["clean", "attacks", "backdoor"]` (the default) chooses which of these kinds it gets.
 """
 from __future__ import annotations
 
@@ -22,15 +27,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from benchmark.errors import UsageError
-from benchmark.registry import ATTACKS, DEFENSES, TASKS, MODELS
+from benchmark.registry import ATTACKS, DEFENSES, POISONERS, TASKS, MODELS
 from benchmark.train import TRAIN_DEFAULTS
-from benchmark.specs import AttackSpec, Cell, DefenseSpec, ModelSpec, Protocol, TaskSpec
+from benchmark.specs import AttackSpec, Cell, DefenseSpec, ModelSpec, PoisonSpec, Protocol, TaskSpec
 
 SUITES_DIR = Path(__file__).parent / "suites"
 TOP_LEVEL_KEYS = {"name", "description", "seed", "data_root", "protocol", "tasks", "defenses",
-                  "attacks", "resources"}
+                  "attacks", "resources", "poisoners"}
 TASK_KEYS = {"task", "params", "model", "model_params", "train", "protocol", "resources"}
 COMPONENT_KEYS = {"params", "tasks", "per_task"}
+CELL_KINDS = ("clean", "attacks", "backdoor")  # a defense's `cells`: which kinds of cell it gets
 PROTOCOL_TYPES = {"seed": int, "n_examples": int, "batch_size": int, "alpha": float, "certify": bool}
 # Placement, not protocol: it never changes an outcome, so it stays out of cell ids.
 RESOURCE_DEFAULTS = {"num_cpus": 1.0, "num_gpus": 0.0}
@@ -139,6 +145,7 @@ def load_suite(name_or_path: str, data_root: str | Path | None = None,
     tasks = _table(raw, "tasks", where)
     defenses = _table(raw, "defenses", where) if defenses is None else defenses
     attacks = _table(raw, "attacks", where)
+    poisoners = _table(raw, "poisoners", where)
     for section, entries in (("tasks", tasks), ("defenses", defenses)):
         if not entries:
             raise UsageError(f"{where}: the suite needs at least one entry under [{section}]")
@@ -176,27 +183,53 @@ def load_suite(name_or_path: str, data_root: str | Path | None = None,
                                            defense_raw, task_label, modality, where, train)
             if defense_spec is None:
                 continue
-            suite.cells.append(Cell(task_spec, model_spec, defense_spec, None, protocol,
-                                    task_label, defense_label))
-            for attack_label, attack_raw in attacks.items():
+            kinds = _cell_kinds(defense_raw, defense_spec, f"{where}, [defenses.{defense_label}]")
+            if "clean" in kinds:
+                suite.cells.append(Cell(task_spec, model_spec, defense_spec, None, protocol,
+                                        task_label, defense_label))
+            for attack_label, attack_raw in attacks.items() if "attacks" in kinds else ():
                 attack_spec = _component_spec(ATTACKS, "attacks", "attack", attack_label,
                                               attack_raw, task_label, modality, where, {})
                 if attack_spec is not None:
                     suite.cells.append(Cell(task_spec, model_spec, defense_spec, attack_spec,
                                             protocol, task_label, defense_label, attack_label))
+            for poison_label, poison_raw in poisoners.items() if "backdoor" in kinds else ():
+                poison_spec = _component_spec(POISONERS, "poisoners", "poisoner", poison_label,
+                                              poison_raw, task_label, modality, where, {}, seed)
+                if poison_spec is not None:
+                    suite.cells.append(Cell(task_spec, model_spec, defense_spec, None, protocol,
+                                            task_label, defense_label, poison_label, poison_spec))
     if not suite.cells:
         raise UsageError(f"{where}: no (task, defense) pair is compatible; check the modalities "
                          f"and `tasks` lists")
     return suite
 
 
-def _component_spec(registry, section, name_key, label, raw, task_label, modality, where, train):
+def _cell_kinds(raw: dict, spec: DefenseSpec, where: str) -> tuple:
+    """The kinds of cell a defense gets: `cells` from the suite, backdoor only if it is tagged."""
+    backdoor = bool(DEFENSES.get(spec.name).tags.get("backdoor"))
+    if "cells" not in raw:
+        return CELL_KINDS if backdoor else CELL_KINDS[:2]
+    kinds = _expect(raw["cells"], list, f"{where}, key 'cells'", "a list")
+    bad = sorted(set(kinds) - set(CELL_KINDS))
+    if bad:
+        raise UsageError(f"{where}, key 'cells': unknown kind(s) {', '.join(bad)}; valid: "
+                         f"{', '.join(CELL_KINDS)}")
+    if "backdoor" in kinds and not backdoor:
+        raise UsageError(f"{where}: defense '{spec.name}' is not registered as backdoor-capable "
+                         f"(backdoor=True); remove 'backdoor' from its cells")
+    return tuple(kinds)
+
+
+def _component_spec(registry, section, name_key, label, raw, task_label, modality, where, train,
+                    seed=0):
     entry_where = f"{where}, [{section}.{label}]"
     _expect(raw, dict, entry_where, "a table")
-    bad = sorted(set(raw) - COMPONENT_KEYS - {name_key})
+    valid = COMPONENT_KEYS | {name_key} | ({"cells"} if name_key == "defense" else set())
+    bad = sorted(set(raw) - valid)
     if bad:
         raise UsageError(f"{entry_where}: unknown key(s) {', '.join(bad)}; valid: "
-                         f"{', '.join(sorted(COMPONENT_KEYS | {name_key}))}")
+                         f"{', '.join(sorted(valid))}")
     entry = registry.get(raw.get(name_key, label))
     only = raw.get("tasks")
     if only is not None and task_label not in _expect(only, list, f"{entry_where}, key 'tasks'", "a list"):
@@ -215,4 +248,8 @@ def _component_spec(registry, section, name_key, label, raw, task_label, modalit
     if name_key == "attack":
         entry.obj(config)  # constructing validates the budget now, before any cell runs
         return AttackSpec.make(entry.name, config)
+    if name_key == "poisoner":
+        config["seed"] = seed if config.get("seed") is None else config["seed"]
+        entry.obj(config)  # validates the config (loads no model)
+        return PoisonSpec.make(entry.name, config)
     return DefenseSpec.make(entry.name, config)

