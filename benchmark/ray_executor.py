@@ -199,7 +199,9 @@ def connect(address: str | None, num_cpus: int | None) -> bool:
         raise UsageError("--num-cpus sizes a local Ray instance; with --address the cluster has "
                          "its own resources: pass one or the other")
     env = {name: os.environ[name] for name in FORWARDED_ENV if name in os.environ}
-    kwargs = {"address": address, "include_dashboard": False if not address else None,
+    # Without an address, always a new private instance ("local"): Ray would otherwise join a
+    # cluster named by RAY_ADDRESS or left running on this machine (`--address auto` does that).
+    kwargs = {"address": address or "local", "include_dashboard": False if not address else None,
               "runtime_env": {"env_vars": env} if env else None, "logging_level": "warning"}
     if not address:
         kwargs["num_cpus"] = num_cpus
