@@ -81,8 +81,10 @@ def _setup(plugins: list[tuple[str, str]], num_cpus: float) -> None:
     torch.set_num_threads(max(1, int(num_cpus)))
     for name, source in plugins:
         if name not in _plugins:
-            directory = Path(tempfile.mkdtemp(prefix="rbench-plugin-"))
-            (directory / name).write_text(source)
+            # Content-addressed, so every worker and every run reuses one copy.
+            directory = Path(tempfile.gettempdir()) / "rbench-plugins" / content_hash(source)
+            directory.mkdir(parents=True, exist_ok=True)
+            write_files(directory, {name: source.encode()})
             load_plugin_file(directory / name)
             _plugins.add(name)
 
