@@ -81,8 +81,10 @@ def _setup(plugins: list[tuple[str, str]], num_cpus: float) -> None:
     torch.set_num_threads(max(1, int(num_cpus)))
     for name, source in plugins:
         if name not in _plugins:
-            directory = Path(tempfile.mkdtemp(prefix="rbench-plugin-"))
-            (directory / name).write_text(source)
+            # Content-addressed, so every worker and every run reuses one copy.
+            directory = Path(tempfile.gettempdir()) / "rbench-plugins" / content_hash(source)
+            directory.mkdir(parents=True, exist_ok=True)
+            write_files(directory, {name: source.encode()})
             load_plugin_file(directory / name)
             _plugins.add(name)
 
@@ -199,7 +201,9 @@ def connect(address: str | None, num_cpus: int | None) -> bool:
         raise UsageError("--num-cpus sizes a local Ray instance; with --address the cluster has "
                          "its own resources: pass one or the other")
     env = {name: os.environ[name] for name in FORWARDED_ENV if name in os.environ}
-    kwargs = {"address": address, "include_dashboard": False if not address else None,
+    # Without an address, always a new private instance ("local"): Ray would otherwise join a
+    # cluster named by RAY_ADDRESS or left running on this machine (`--address auto` does that).
+    kwargs = {"address": address or "local", "include_dashboard": False if not address else None,
               "runtime_env": {"env_vars": env} if env else None, "logging_level": "warning"}
     if not address:
         kwargs["num_cpus"] = num_cpus

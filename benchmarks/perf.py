@@ -276,7 +276,7 @@ def ray_rows(suite, cache: Path, directory: Path) -> list[dict]:
     seconds = {}
     for cpus in (1, 2):
         start = time.perf_counter()
-        ray.init(num_cpus=cpus, include_dashboard=False, logging_level="warning")
+        ray.init(address="local", num_cpus=cpus, include_dashboard=False, logging_level="warning")
         seconds[f"init_{cpus}"] = time.perf_counter() - start
         try:  # cold: workers start and import; warm: the same again on the started workers
             for run in ("cold", "warm"):

@@ -58,7 +58,7 @@ def cluster(tmp_path_factory):
     # Set before the instance starts, so its workers inherit it.
     os.environ["COUNTING_TRAIN_LOG"] = str(directory / "trainings.log")
     load_plugin_file(FIXTURES / "counting_defense.py")
-    ray.init(num_cpus=2, include_dashboard=False, logging_level="warning")
+    ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="warning")
     yield directory
     ray.shutdown()
 
