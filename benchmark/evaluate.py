@@ -69,11 +69,11 @@ class BuildContext:
 
 
 def source_hash(*objects) -> str:
-    """Hash of the source files defining `objects`: the code version part of a cache key."""
-    digest = hashlib.sha256()
-    for path in sorted({inspect.getsourcefile(obj) for obj in objects}):
-        digest.update(Path(path).read_bytes())
-    return digest.hexdigest()[:16]
+    """Hash of the source files defining `objects`: the code version part of a cache key. It hashes
+    the files' contents, not their paths, so the same code has the same key in any checkout."""
+    files = {inspect.getsourcefile(obj) for obj in objects}
+    digests = sorted(hashlib.sha256(Path(path).read_bytes()).hexdigest() for path in files)
+    return content_hash(digests)
 
 
 def build_cache_key(cell: Cell, task) -> str:
