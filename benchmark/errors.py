@@ -7,3 +7,8 @@ class UsageError(Exception):
 
 class DataError(UsageError):
     """A dataset file or directory is missing or malformed."""
+
+
+class NotApplicable(Exception):
+    """A cell whose attack does not apply to its defense (an EOT attack on a deterministic defense,
+    whose expectation is its deployed scores): recorded as not run, with the reason, not as failed."""

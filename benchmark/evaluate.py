@@ -18,7 +18,7 @@ import torch
 from tqdm.auto import tqdm
 
 from benchmark.data import load_task
-from benchmark.errors import UsageError
+from benchmark.errors import NotApplicable, UsageError
 from benchmark.interfaces import ABSTAIN
 from benchmark.models import build_model
 from benchmark.paths import REPO_ROOT, default_cache_dir
@@ -96,6 +96,15 @@ def make_attack(cell: Cell):
     return ATTACKS.get(cell.attack.name).obj(cell.attack.params)
 
 
+def prepare_attack(attack, cell: Cell, task, cache_dir: Path, device: torch.device | None = None):
+    """Give an attack that asks for it (`prepare(task, context)`) the task and a cache keyed by the
+    task's spec and data, so what it builds from the task (a masked LM) is shared across cells."""
+    if hasattr(attack, "prepare"):
+        key = content_hash({"task": cell.task.to_dict(), "data": task.checksums()})
+        attack.prepare(task, BuildContext(cache_dir, key, cell.task.params.get("seed", 0),
+                                          device or default_device()))
+
+
 def sample_indices(n_available: int, n_examples: int, seed: int) -> np.ndarray:
     """The fixed, seeded sample of test examples a cell evaluates (sorted, so batches are stable)."""
     rng = np.random.default_rng(seed)
@@ -167,6 +176,8 @@ def run_cell(cell: Cell, suite_name: str, store: Store, task, cache_dir: Path,
     todo = [b for b in range(len(batches)) if b not in store.done_batches(cell.id)]
     if todo:
         defended = build_defended(cell, task, cache_dir, device)
+        if attack is not None:
+            prepare_attack(attack, cell, task, cache_dir, device)
         for batch_index in tqdm(todo, desc=cell.describe(), leave=False):
             batch = batches[batch_index]
             rows = evaluate_batch(cell, defended, attack, task.test.inputs(batch),
@@ -221,6 +232,9 @@ def run_suite(suite: Suite, store: Store, cache_dir: Path | None = None,
     for cell in tqdm(suite.cells, desc=f"suite {suite.name}"):
         try:
             status = run_cell(cell, suite.name, store, tasks[cell.task_label], cache_dir, device)
+        except NotApplicable as error:
+            store.fail_cell(cell.id, str(error), status="not_run")
+            status = "not_run"
         except Exception as error:  # one broken cell must not stop the others; it is recorded
             reason = str(error) if isinstance(error, UsageError) else f"{type(error).__name__}: {error}"
             store.fail_cell(cell.id, reason)
