@@ -124,6 +124,15 @@ def make_attack(cell: Cell):
     return ATTACKS.get(cell.attack.name).obj(cell.attack.params)
 
 
+def prepare_attack(attack, cell: Cell, task, cache_dir: Path, device: torch.device | None = None):
+    """Give an attack that asks for it (`prepare(task, context)`) the task and a cache keyed by the
+    task's spec and data, so what it builds from the task (a masked LM) is shared across cells."""
+    if hasattr(attack, "prepare"):
+        key = content_hash({"task": cell.task.to_dict(), "data": task.checksums()})
+        attack.prepare(task, BuildContext(cache_dir, key, cell.task.params.get("seed", 0),
+                                          device or default_device()))
+
+
 def sample_indices(n_available: int, n_examples: int, seed: int) -> np.ndarray:
     """The fixed, seeded sample of test examples a cell evaluates (sorted, so batches are stable)."""
     rng = np.random.default_rng(seed)
@@ -219,6 +228,8 @@ def run_cell(cell: Cell, suite_name: str, store: Store, task, cache_dir: Path,
     attack, batches, todo = open_cell(cell, suite_name, store, task)
     if todo:
         defended = build_defended(cell, task, cache_dir, device)
+        if attack is not None:
+            prepare_attack(attack, cell, task, cache_dir, device)
         for batch_index in tqdm(todo, desc=cell.describe(), leave=False):
             store.write_batch(cell.id, batch_index,
                               run_batch(cell, defended, attack, task, batches, batch_index))
@@ -263,7 +274,7 @@ def run_suite(suite: Suite, store: Store, cache_dir: Path | None = None,
     for cell in tqdm(suite.cells, desc=f"suite {suite.name}"):
         try:
             status = run_cell(cell, suite.name, store, tasks[cell.task_label], cache_dir, device)
-        except NotRun as error:  # unavailable here (e.g. a paraphrase model offline): say why
+        except NotRun as error:  # unavailable here, or not applicable to this defense: say why
             store.fail_cell(cell.id, str(error), status="not_run")
             print(f"cell {cell.describe()} not run: {error}", file=sys.stderr)
             status = "not_run"

@@ -103,6 +103,15 @@ class Defense(Protocol):
 
 @runtime_checkable
 class Attack(Protocol):
+    """An attack built from its config (`Attack(config)`), whose hash is the threat-model id.
+
+    `describe()` states the threat model's constraints in words (shown on the leaderboard).
+    Optional hook: an attack that needs the task (its substitution table, its training text for a
+    resource the attack trains) defines `prepare(task, context)`; the evaluator calls it once per
+    cell, before `run`. `context` is a BuildContext keyed by the task and its data checksums:
+    `context.path(name)` is a cache file or folder for what the attack builds (name it by what
+    shaped it), `context.seed` and `context.device` as for defenses."""
+
     threat: str
 
     def run(self, model: DefendedModel, xs: Sequence, ys: np.ndarray,

@@ -32,8 +32,13 @@ def cell_metrics(outcomes: list[dict], has_attack: bool, unit: str | None = None
         success = np.array([o["success"] for o in outcomes], dtype=bool)
         queries = np.array([o["queries"] for o in outcomes], dtype=float)
         perturbation = np.array([o["perturbation"] for o in outcomes], dtype=float)
-        metrics["robust_accuracy"] = rate((attacked == labels).sum(), len(labels), REPORT_ALPHA).to_dict()
-        # Attack success is counted over the examples the defense got right (TextAttack's convention).
+        # The TextAttack / TextDefender / RanMASK conventions: accuracy under attack counts the
+        # examples classified correctly both before and after the attack (so it never exceeds clean
+        # accuracy, even for a randomized rule that happens to get an adversarial input right);
+        # success rate and queries are over the clean-correct examples; the perturbation size is
+        # averaged over successful attacks.
+        metrics["robust_accuracy"] = rate((correct & (attacked == labels)).sum(), len(labels),
+                                          REPORT_ALPHA).to_dict()
         metrics["attack_success_rate"] = rate(success.sum(), correct.sum(), REPORT_ALPHA).to_dict()
         metrics["mean_queries"] = _mean(queries[correct])
         metrics["mean_perturbation"] = _mean(perturbation[success])
