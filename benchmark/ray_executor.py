@@ -166,13 +166,15 @@ def batch_unit(cell, key: str, task_key: str, task_box: list, names: list[str],
                artifacts_box: list, batch_index: int, cache_dir: str, plugins: list,
                num_cpus: float) -> dict:
     """Evaluate one batch of one cell; returns its rows."""
-    from benchmark.evaluate import cell_batches, make_attack, run_batch
+    from benchmark.evaluate import cell_batches, make_attack, prepare_attack, run_batch
 
     try:
         _setup(plugins, num_cpus)
         task = _task(task_key, task_box)
         defended = _defended_model(cell, key, task, _cache_dir(cache_dir), names, artifacts_box)
         attack = make_attack(cell) if cell.attack is not None else None
+        if attack is not None:
+            prepare_attack(attack, cell, task, _cache_dir(cache_dir))
         return {"rows": run_batch(cell, defended, attack, task, cell_batches(cell, task), batch_index)}
     except Exception as error:
         return _failure(error)
