@@ -78,7 +78,9 @@ def source_hash(*objects) -> str:
 def build_cache_key(cell: Cell, task) -> str:
     defense = DEFENSES.get(cell.defense.name).obj
     model = MODELS.get(cell.model.name).obj
-    code = source_hash(defense, model, set_seed)
+    # A defense may name the modules its training code lives in besides its own
+    # (`code_dependencies`), so editing shared code retrains what it shaped.
+    code = source_hash(defense, model, set_seed, *getattr(defense, "code_dependencies", ()))
     return content_hash({"task": cell.task.to_dict(), "data": task.checksums(),
                          "model": cell.model.to_dict(), "defense": cell.defense.to_dict(),
                          "poison": cell.poison.to_dict() if cell.poison else None, "code": code})

@@ -13,15 +13,19 @@ from pathlib import Path
 import numpy as np
 from tabulate import tabulate
 
+from benchmark import sanity
 from benchmark.stats import rate
 from benchmark.store import Store
 
 REPORT_ALPHA = 0.05  # every reported interval is a 95% interval
+# Radii at which certified accuracy is reported, per certificate unit (certified and correct with a
+# radius of at least r); units not listed get only the overall certified accuracy.
+CERTIFIED_RADII = {"l2": (0.0, 0.25, 0.5, 0.75, 1.0)}
 MANIFEST_KEYS = ("suite", "suite_sha256", "seed", "git_commit", "git_dirty", "packages", "python",
                  "device", "torch_threads", "data", "protocols")
 
 
-def cell_metrics(outcomes: list[dict], has_attack: bool) -> dict:
+def cell_metrics(outcomes: list[dict], has_attack: bool, unit: str | None = None) -> dict:
     labels = np.array([o["label"] for o in outcomes])
     clean = np.array([o["clean_prediction"] for o in outcomes])
     correct = clean == labels
@@ -45,6 +49,9 @@ def cell_metrics(outcomes: list[dict], has_attack: bool) -> dict:
         radii = np.array([o["radius"] for o in certified], dtype=float)
         metrics["median_certified_radius"] = {"value": float(np.median(np.where(flags, radii, 0.0))),
                                               "n": len(certified)}
+        for radius in CERTIFIED_RADII.get(unit, ()):
+            metrics[f"certified_accuracy@{radius:g}"] = rate(
+                (flags & (radii >= radius)).sum(), len(certified), REPORT_ALPHA).to_dict()
     return metrics
 
 
@@ -64,7 +71,12 @@ def _rank_key(row: dict):
 
 def build_leaderboard(store: Store, suite: str) -> dict:
     tables: dict[tuple, dict] = {}
+    runs: dict[tuple, list] = {}
     for record in store.cells(suite, status="done"):
+        outcomes = store.outcomes(record.cell_id)
+        run = sanity.run_from_cell(record.attack or "", record.spec, outcomes)
+        if run is not None:
+            runs.setdefault((record.task, record.defense, record.model), []).append(run)
         key = (record.task, record.threat_id)
         table = tables.setdefault(key, {
             "task": record.task, "threat_id": record.threat_id, "attack": record.attack,
@@ -74,7 +86,15 @@ def build_leaderboard(store: Store, suite: str) -> dict:
         table["rows"].append({
             "defense": record.defense, "model": record.model, "cell_id": record.cell_id,
             "certificate_unit": record.certificate_unit if record.attack is None else None,
-            "metrics": cell_metrics(store.outcomes(record.cell_id), record.attack is not None)})
+            "metrics": cell_metrics(outcomes, record.attack is not None,
+                                    record.certificate_unit)})
+    checks = {key: sanity.run_checks(group) for key, group in runs.items()}
+    for table in tables.values():
+        for row in table["rows"]:
+            found = checks.get((table["task"], row["defense"], row["model"]))
+            if found:
+                row["sanity"] = [c.to_dict() for c in found]
+                row["sanity_summary"] = sanity.summarize(found)
     ordered = []
     for key in sorted(tables, key=lambda k: (k[0], k[1] != "clean", k[1])):
         table = tables[key]
@@ -103,16 +123,48 @@ def format_metric(metric: dict) -> str:
     return "n/a" if metric["value"] is None else f"{metric['value']:.3g} (n={metric['n']})"
 
 
+def _radius_columns(table: dict) -> list[tuple[str, str]]:
+    keys = sorted({k for r in table["rows"] for k in r["metrics"] if k.startswith("certified_accuracy@")},
+                  key=lambda k: float(k.split("@")[1]))
+    units = ", ".join(table["certificate_units"])
+    return [(k, f"certified acc % at r={k.split('@')[1]}" + (f" ({units})" if units else ""))
+            for k in keys]
+
+
 def table_rows(table: dict) -> tuple[list[str], list[list[str]]]:
     present = [(k, label) for k, label in COLUMNS if any(k in r["metrics"] for r in table["rows"])]
+    present += _radius_columns(table)
     headers = ["rank", "defense", "model"] + [
         f"{label} ({', '.join(table['certificate_units'])})" if k == "median_certified_radius" and
         table["certificate_units"] else label for k, label in present]
+    flags = any(row.get("sanity_summary") for row in table["rows"])
+    if flags:
+        headers.append("sanity flags")
     rows = []
     for rank, row in enumerate(table["rows"], 1):
         rows.append([str(rank), row["defense"], row["model"]] +
-                    [format_metric(row["metrics"][k]) if k in row["metrics"] else "" for k, _ in present])
+                    [format_metric(row["metrics"][k]) if k in row["metrics"] else "" for k, _ in present]
+                    + ([row.get("sanity_summary", "")] if flags else []))
     return headers, rows
+
+
+def sanity_section(board: dict) -> list[str]:
+    """Each (task, defense, model)'s checks in full, once, after the tables."""
+    seen, lines = set(), []
+    for table in board["tables"]:
+        for row in table["rows"]:
+            key = (table["task"], row["defense"], row["model"])
+            if key in seen or not row.get("sanity_summary"):
+                continue
+            seen.add(key)
+            lines.append(f"- {key[0]} / {key[1]} ({key[2]}): **{row['sanity_summary']}**")
+            lines += [f"  - {c['name']}: {c['status']}: {c['detail']}" for c in row["sanity"]]
+    if not lines:
+        return []
+    return ["## Sanity checks", "",
+            "In the spirit of Carlini et al. (2019), from the cells this suite ran; a flag means "
+            "a one-sided exact test at level 0.01 found the violation (benchmark/sanity.py).", ""] \
+        + lines + [""]
 
 
 def render_markdown(board: dict) -> str:
@@ -135,6 +187,7 @@ def render_markdown(board: dict) -> str:
         lines += [f"### {title}", "", f"Threat model: {table['description']}.", ""]
         headers, rows = table_rows(table)
         lines += [tabulate(rows, headers, tablefmt="github"), ""]
+    lines += sanity_section(board)
     if board["not_run"]:
         lines += ["## Cells not run", ""]
         lines += [f"- {c['task']} / {c['defense']} / {c['attack'] or 'clean'}: {c['status']}: "
@@ -154,6 +207,10 @@ def write_csv(board: dict, path: Path) -> None:
                                      table["attack"] or "", row["defense"], row["model"], name,
                                      metric["value"], metric["n"], metric.get("low", ""),
                                      metric.get("high", "")])
+                if row.get("sanity_summary"):
+                    writer.writerow([board["suite"], table["task"], table["threat_id"],
+                                     table["attack"] or "", row["defense"], row["model"],
+                                     "sanity_flags", row["sanity_summary"], "", "", ""])
 
 
 def write_leaderboard(store: Store, suite: str, out_dir: Path) -> dict:

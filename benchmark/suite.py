@@ -7,7 +7,9 @@
                           # train = {epochs, lr, ...}, protocol = {overrides}
     [defenses.<label>]    # defense = registered name (default: label), params, tasks = [labels],
                           # per_task.<task label> = {param overrides}
-    [attacks.<label>]     # attack = registered name (default: label), same keys as defenses
+    [attacks.<label>]     # attack = registered name (default: label), same keys as defenses,
+                          # and protocol = {overrides} for this attack's cells (e.g. fewer
+                          # n_examples for an expensive attack)
 
 Every compatible (task, defense) pair gets a clean cell, and one cell per compatible attack.
 """
@@ -150,7 +152,8 @@ def load_suite(name_or_path: str, data_root: str | Path | None = None) -> Suite:
         if bad:
             raise UsageError(f"{task_where}, key 'train': unknown key(s) {', '.join(bad)}; valid: "
                              f"{', '.join(TRAIN_DEFAULTS)}")
-        protocol = _protocol(base_protocol, _table(task_raw, "protocol", task_where), task_where)
+        task_protocol = _table(task_raw, "protocol", task_where)
+        protocol = _protocol(base_protocol, task_protocol, task_where)
 
         for defense_label, defense_raw in defenses.items():
             defense_spec = _component_spec(DEFENSES, "defenses", "defense", defense_label,
@@ -163,8 +166,13 @@ def load_suite(name_or_path: str, data_root: str | Path | None = None) -> Suite:
                 attack_spec = _component_spec(ATTACKS, "attacks", "attack", attack_label,
                                               attack_raw, task_label, modality, where, {})
                 if attack_spec is not None:
+                    attack_where = f"{where}, [attacks.{attack_label}]"
+                    attack_protocol = _protocol(
+                        base_protocol, {**task_protocol, **_table(attacks[attack_label], "protocol",
+                                                                  attack_where)}, attack_where)
                     suite.cells.append(Cell(task_spec, model_spec, defense_spec, attack_spec,
-                                            protocol, task_label, defense_label, attack_label))
+                                            attack_protocol, task_label, defense_label,
+                                            attack_label))
     if not suite.cells:
         raise UsageError(f"{where}: no (task, defense) pair is compatible; check the modalities "
                          f"and `tasks` lists")
@@ -174,10 +182,11 @@ def load_suite(name_or_path: str, data_root: str | Path | None = None) -> Suite:
 def _component_spec(registry, section, name_key, label, raw, task_label, modality, where, train):
     entry_where = f"{where}, [{section}.{label}]"
     _expect(raw, dict, entry_where, "a table")
-    bad = sorted(set(raw) - COMPONENT_KEYS - {name_key})
+    valid = COMPONENT_KEYS | {name_key} | ({"protocol"} if name_key == "attack" else set())
+    bad = sorted(set(raw) - valid)
     if bad:
         raise UsageError(f"{entry_where}: unknown key(s) {', '.join(bad)}; valid: "
-                         f"{', '.join(sorted(COMPONENT_KEYS | {name_key}))}")
+                         f"{', '.join(sorted(valid))}")
     entry = registry.get(raw.get(name_key, label))
     only = raw.get("tasks")
     if only is not None and task_label not in _expect(only, list, f"{entry_where}, key 'tasks'", "a list"):
