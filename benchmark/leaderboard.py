@@ -13,11 +13,15 @@ from pathlib import Path
 import numpy as np
 from tabulate import tabulate
 
+from benchmark import sanity
 from benchmark.certify import median_certified
 from benchmark.stats import median_interval, rate
 from benchmark.store import Store
 
 REPORT_ALPHA = 0.05  # every reported interval is a 95% interval
+# Radii at which certified accuracy is reported, per certificate unit (certified and correct with a
+# radius of at least r); units not listed get only the overall certified accuracy.
+CERTIFIED_RADII = {"l2": (0.0, 0.25, 0.5, 0.75, 1.0)}
 MANIFEST_KEYS = ("suite", "suite_sha256", "seed", "git_commit", "git_dirty", "packages", "python",
                  "device", "torch_threads", "data", "protocols")
 
@@ -61,6 +65,9 @@ def cell_metrics(outcomes: list[dict], has_attack: bool, unit: str | None = None
             lengths = np.array([o["extra"].get("length") or np.nan for o in certified], dtype=float)
             metrics["mcb"] = _median_metric(np.where(right, radii, -np.inf))
             metrics["mcr"] = _median_metric(np.where(right, radii / lengths, -np.inf))
+        for radius in CERTIFIED_RADII.get(unit, ()):
+            metrics[f"certified_accuracy@{radius:g}"] = rate(
+                (flags & (radii >= radius)).sum(), len(certified), REPORT_ALPHA).to_dict()
     return metrics
 
 
@@ -145,6 +152,7 @@ def build_leaderboard(store: Store, suite: str, submissions: list[dict] = ()) ->
             "task": task, "threat_id": threat_id, "attack": attack, "description": description,
             "attack_params": attack_params, "certificate_units": [], "rows": []})
 
+    runs: dict[tuple, list] = {}
     for record in store.cells(suite, status="done"):
         attack = record.spec.get("attack")
         backdoor = record.spec.get("poison") is not None
@@ -155,6 +163,9 @@ def build_leaderboard(store: Store, suite: str, submissions: list[dict] = ()) ->
         if record.certificate_unit and not has_attack:
             table["certificate_units"] = sorted(set(table["certificate_units"]) | {record.certificate_unit})
         outcomes = store.outcomes(record.cell_id)
+        run = sanity.run_from_cell(record.attack or "", record.spec, outcomes)
+        if run is not None:
+            runs.setdefault((record.task, record.defense, record.model), []).append(run)
         row = {"defense": record.defense, "model": record.model, "cell_id": record.cell_id,
                "certificate_unit": record.certificate_unit if not has_attack else None,
                "metrics": backdoor_metrics(outcomes) if backdoor else
@@ -170,6 +181,13 @@ def build_leaderboard(store: Store, suite: str, submissions: list[dict] = ()) ->
             table["certificate_units"] = sorted(set(table["certificate_units"]) |
                                                 set(submitted["certificate_units"]))
             table["rows"] += [{**row, "submission": submission["entry"]} for row in submitted["rows"]]
+    checks = {key: sanity.run_checks(group) for key, group in runs.items()}
+    for table in tables.values():
+        for row in table["rows"]:
+            found = checks.get((table["task"], row["defense"], row["model"]))
+            if found:
+                row["sanity"] = [c.to_dict() for c in found]
+                row["sanity_summary"] = sanity.summarize(found)
     ordered = []
     for key in sorted(tables, key=lambda k: (k[0], k[1] != "clean", k[1])):
         table = tables[key]
@@ -208,20 +226,52 @@ BACKDOOR_COLUMNS = [("benign_accuracy", "benign acc %"), ("attack_success_rate",
                     ("median_certified_radius", "median radius")]
 
 
+def _radius_columns(table: dict) -> list[tuple[str, str]]:
+    keys = sorted({k for r in table["rows"] for k in r["metrics"] if k.startswith("certified_accuracy@")},
+                  key=lambda k: float(k.split("@")[1]))
+    units = ", ".join(table["certificate_units"])
+    return [(k, f"certified acc % at r={k.split('@')[1]}" + (f" ({units})" if units else ""))
+            for k in keys]
+
+
 def table_rows(table: dict) -> tuple[list[str], list[list[str]]]:
     columns = BACKDOOR_COLUMNS if table.get("kind") == "backdoor" else COLUMNS
     present = [(k, label) for k, label in columns if any(k in r["metrics"] for r in table["rows"])]
+    present += _radius_columns(table)
     units = any(r["certificate_unit"] for r in table["rows"])
     headers = ["rank", "defense", "model"] + (["certificate unit"] if units else []) + [
         f"{label} ({', '.join(table['certificate_units'])})" if k == "median_certified_radius" and
         table["certificate_units"] else label for k, label in present]
+    flags = any(row.get("sanity_summary") for row in table["rows"])
+    if flags:
+        headers.append("sanity flags")
     rows = []
     for rank, row in enumerate(table["rows"], 1):
         defense = row["defense"] + (" (submission)" if row.get("submission") else "")
         rows.append([str(rank), defense, row["model"]] +
                     ([row["certificate_unit"] or ""] if units else []) +
-                    [format_metric(row["metrics"][k]) if k in row["metrics"] else "" for k, _ in present])
+                    [format_metric(row["metrics"][k]) if k in row["metrics"] else "" for k, _ in present]
+                    + ([row.get("sanity_summary", "")] if flags else []))
     return headers, rows
+
+
+def sanity_section(board: dict) -> list[str]:
+    """Each (task, defense, model)'s checks in full, once, after the tables."""
+    seen, lines = set(), []
+    for table in board["tables"]:
+        for row in table["rows"]:
+            key = (table["task"], row["defense"], row["model"])
+            if key in seen or not row.get("sanity_summary"):
+                continue
+            seen.add(key)
+            lines.append(f"- {key[0]} / {key[1]} ({key[2]}): **{row['sanity_summary']}**")
+            lines += [f"  - {c['name']}: {c['status']}: {c['detail']}" for c in row["sanity"]]
+    if not lines:
+        return []
+    return ["## Sanity checks", "",
+            "In the spirit of Carlini et al. (2019), from the cells this suite ran; a flag means "
+            "a one-sided exact test at level 0.01 found the violation (benchmark/sanity.py).", ""] \
+        + lines + [""]
 
 
 def render_markdown(board: dict) -> str:
@@ -251,6 +301,7 @@ def render_markdown(board: dict) -> str:
                       "certified with their true label.", ""]
         headers, rows = table_rows(table)
         lines += [tabulate(rows, headers, tablefmt="github"), ""]
+    lines += sanity_section(board)
     if board["not_run"]:
         lines += ["## Cells not run", ""]
         lines += [f"- {c['task']} / {c['defense']} / {c['attack'] or 'clean'}: {c['status']}: "
@@ -270,6 +321,10 @@ def write_csv(board: dict, path: Path) -> None:
                                      table["attack"] or "", row["defense"], row["model"], name,
                                      metric["value"], metric["n"], metric.get("low", ""),
                                      metric.get("high", "")])
+                if row.get("sanity_summary"):
+                    writer.writerow([board["suite"], table["task"], table["threat_id"],
+                                     table["attack"] or "", row["defense"], row["model"],
+                                     "sanity_flags", row["sanity_summary"], "", "", ""])
 
 
 def write_leaderboard(store: Store, suite: str, out_dir: Path, submissions: list[dict] = ()) -> dict:

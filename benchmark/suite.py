@@ -8,7 +8,9 @@
                           # resources = {overrides of [resources] for this task's cells}
     [defenses.<label>]    # defense = registered name (default: label), params, tasks = [labels],
                           # per_task.<task label> = {param overrides}
-    [attacks.<label>]     # attack = registered name (default: label), same keys as defenses
+    [attacks.<label>]     # attack = registered name (default: label), same keys as defenses,
+                          # and protocol = {overrides} for this attack's cells (e.g. fewer
+                          # n_examples for an expensive attack)
     [resources]           # num_cpus, num_gpus: what one unit of work (a batch, a model build)
                           # asks of a Ray cluster; ignored by the local executor
     [poisoners.<label>]   # poisoner = registered name (default: label), same keys as defenses;
@@ -174,7 +176,8 @@ def load_suite(name_or_path: str, data_root: str | Path | None = None,
         if bad:
             raise UsageError(f"{task_where}, key 'train': unknown key(s) {', '.join(bad)}; valid: "
                              f"{', '.join(TRAIN_DEFAULTS)}")
-        protocol = _protocol(base_protocol, _table(task_raw, "protocol", task_where), task_where)
+        task_protocol = _table(task_raw, "protocol", task_where)
+        protocol = _protocol(base_protocol, task_protocol, task_where)
         suite.resources[task_label] = _resources(base_resources,
                                                  _table(task_raw, "resources", task_where), task_where)
 
@@ -191,8 +194,13 @@ def load_suite(name_or_path: str, data_root: str | Path | None = None,
                 attack_spec = _component_spec(ATTACKS, "attacks", "attack", attack_label,
                                               attack_raw, task_label, modality, where, {})
                 if attack_spec is not None:
+                    attack_where = f"{where}, [attacks.{attack_label}]"
+                    attack_protocol = _protocol(
+                        base_protocol, {**task_protocol, **_table(attacks[attack_label], "protocol",
+                                                                  attack_where)}, attack_where)
                     suite.cells.append(Cell(task_spec, model_spec, defense_spec, attack_spec,
-                                            protocol, task_label, defense_label, attack_label))
+                                            attack_protocol, task_label, defense_label,
+                                            attack_label))
             for poison_label, poison_raw in poisoners.items() if "backdoor" in kinds else ():
                 poison_spec = _component_spec(POISONERS, "poisoners", "poisoner", poison_label,
                                               poison_raw, task_label, modality, where, {}, seed)
@@ -225,7 +233,7 @@ def _component_spec(registry, section, name_key, label, raw, task_label, modalit
                     seed=0):
     entry_where = f"{where}, [{section}.{label}]"
     _expect(raw, dict, entry_where, "a table")
-    valid = COMPONENT_KEYS | {name_key} | ({"cells"} if name_key == "defense" else set())
+    valid = COMPONENT_KEYS | {name_key} | {"defense": {"cells"}, "attack": {"protocol"}}.get(name_key, set())
     bad = sorted(set(raw) - valid)
     if bad:
         raise UsageError(f"{entry_where}: unknown key(s) {', '.join(bad)}; valid: "

@@ -49,22 +49,33 @@ def iterate_batches(xs, ys: np.ndarray, batch_size: int, rng: np.random.Generato
 def fit(model: nn.Module, xs: np.ndarray | Sequence[str], ys: np.ndarray, *, epochs: int,
         batch_size: int, lr: float, weight_decay: float = 0.0, seed: int = 0,
         loss_fn: Callable = cross_entropy_loss, description: str = "train",
-        on_epoch_start: Callable[[int], None] | None = None) -> nn.Module:
-    """Adam training, every batch drawn from a generator seeded by `seed` (reproducible)."""
+        on_epoch_start: Callable[[int], None] | None = None, optimizer: str = "adam",
+        momentum: float = 0.9, lr_milestones: Sequence[int] = (), lr_gamma: float = 0.1) -> nn.Module:
+    """Adam (default) or SGD with momentum, every batch drawn from a generator seeded by `seed`
+    (reproducible). `lr_milestones` multiplies the learning rate by `lr_gamma` after each listed
+    epoch (the step schedules of the adversarial-training papers)."""
     set_seed(seed)
     rng = np.random.default_rng(seed)
     device = device_of(model)
-    optimizer = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
+    if optimizer == "adam":
+        opt = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
+    elif optimizer == "sgd":
+        opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum,
+                              weight_decay=weight_decay)
+    else:
+        raise ValueError(f"unknown optimizer {optimizer!r}; valid: 'adam', 'sgd'")
     model.train()
     for epoch in tqdm(range(epochs), desc=description, leave=False):
+        for group in opt.param_groups:
+            group["lr"] = lr * lr_gamma ** sum(epoch >= m for m in lr_milestones)
         if on_epoch_start is not None:
             on_epoch_start(epoch)
         for inputs, labels in iterate_batches(xs, ys, batch_size, rng):
             if isinstance(inputs, np.ndarray):
                 inputs = torch.as_tensor(inputs, device=device)
             loss = loss_fn(model, inputs, torch.as_tensor(labels, device=device))
-            optimizer.zero_grad()
+            opt.zero_grad()
             loss.backward()
-            optimizer.step()
+            opt.step()
     model.eval()
     return model

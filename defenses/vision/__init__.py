@@ -1,0 +1,2 @@
+"""Image defenses: adversarial training (Madry, TRADES), mixup, CausalAdv-M/-T, CiiV (and CiiV +
+mixup) and Gaussian randomized smoothing."""

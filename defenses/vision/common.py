@@ -1,0 +1,166 @@
+"""What the image defenses share: training options beyond the engine's defaults, the standard
+CIFAR augmentation, the l-inf PGD used to craft training examples, and the randomized deployed
+model (batched prediction, EOT probabilities, a differentiable surrogate).
+"""
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from benchmark.errors import UsageError
+from benchmark.train import TRAIN_DEFAULTS, device_of
+
+# Every image defense takes these on top of the engine's TRAIN_DEFAULTS: the papers train with
+# SGD (momentum 0.9), step learning-rate schedules and crop + flip augmentation on CIFAR.
+TRAIN_OPTIONS = {**TRAIN_DEFAULTS, "optimizer": "adam", "momentum": 0.9, "lr_milestones": [],
+                 "lr_gamma": 0.1, "augment": False}
+
+
+def fit_options(config: dict) -> dict:
+    """The keyword arguments of benchmark.train.fit that a defense's config sets."""
+    if config["optimizer"] not in ("adam", "sgd"):
+        raise UsageError(f"optimizer must be 'adam' or 'sgd', got {config['optimizer']!r}")
+    return {"epochs": config["epochs"], "batch_size": config["batch_size"], "lr": config["lr"],
+            "weight_decay": config["weight_decay"], "optimizer": config["optimizer"],
+            "momentum": config["momentum"], "lr_milestones": tuple(config["lr_milestones"]),
+            "lr_gamma": config["lr_gamma"]}
+
+
+def augment(x: torch.Tensor, padding: int = 4) -> torch.Tensor:
+    """Random crop after zero padding plus random horizontal flip, per image (the CIFAR recipe)."""
+    n, _, h, w = x.shape
+    padded = F.pad(x, (padding, padding, padding, padding))
+    tops = torch.randint(0, 2 * padding + 1, (n,), device=x.device)
+    lefts = torch.randint(0, 2 * padding + 1, (n,), device=x.device)
+    rows = (tops[:, None] + torch.arange(h, device=x.device)[None])[:, None, :, None]
+    cols = (lefts[:, None] + torch.arange(w, device=x.device)[None])[:, None, None, :]
+    batch = torch.arange(n, device=x.device)[:, None, None, None]
+    channels = torch.arange(x.shape[1], device=x.device)[None, :, None, None]
+    cropped = padded[batch, channels, rows, cols]
+    flip = torch.rand(n, device=x.device) < 0.5
+    return torch.where(flip[:, None, None, None], cropped.flip(3), cropped)
+
+
+def check_budget(name: str, eps: float, steps: int, step_size: float | None) -> float:
+    """Validate a training attack's budget; returns the step size (default 2.5 * eps / steps)."""
+    if eps < 0 or steps < 1:
+        raise UsageError(f"defense '{name}': need eps >= 0 and steps >= 1, got eps={eps}, "
+                         f"steps={steps}")
+    return step_size if step_size is not None else 2.5 * eps / steps
+
+
+def pgd_linf(loss_fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, eps: float,
+             step_size: float, steps: int, start: str = "uniform") -> torch.Tensor:
+    """Maximise `loss_fn(x')` over the l-inf ball of radius eps around x, within [0, 1].
+
+    `start` is "uniform" (Madry: uniform in the ball), "gaussian" (TRADES: 0.001 * N(0, 1)) or
+    "none". The loss is summed over the batch so each example's step is its own sign gradient."""
+    x = x.detach()
+    if start == "uniform":
+        adversarial = x + torch.empty_like(x).uniform_(-eps, eps)
+    elif start == "gaussian":
+        adversarial = x + 0.001 * torch.randn_like(x)
+    else:
+        adversarial = x.clone()
+    adversarial = adversarial.clamp(0, 1)
+    for _ in range(steps):
+        adversarial.requires_grad_(True)
+        with torch.enable_grad():
+            grad, = torch.autograd.grad(loss_fn(adversarial), adversarial)
+        adversarial = adversarial.detach() + step_size * grad.sign()
+        adversarial = torch.min(torch.max(adversarial, x - eps), x + eps).clamp(0, 1)
+    return adversarial.detach()
+
+
+def kl_to(logits: torch.Tensor, target_probs: torch.Tensor, reduction: str = "batchmean"):
+    """KL(target || softmax(logits)), TRADES' robust term."""
+    return F.kl_div(F.log_softmax(logits, dim=1), target_probs, reduction=reduction)
+
+
+class eval_mode:
+    """Context manager: the module in eval mode (BatchNorm statistics frozen) while crafting
+    adversarial examples, restored afterwards."""
+
+    def __init__(self, module: nn.Module):
+        self.module = module
+
+    def __enter__(self):
+        self.was_training = self.module.training
+        self.module.eval()
+        return self.module
+
+    def __exit__(self, *exc):
+        self.module.train(self.was_training)
+        return False
+
+
+def as_tensor(xs, device: torch.device) -> torch.Tensor:
+    return torch.as_tensor(np.asarray(xs, dtype=np.float32), device=device)
+
+
+class RandomizedImageModel:
+    """Base of a deployed randomized image classifier.
+
+    Subclasses define `sample_logits(x)`: the logits of one random draw of the defense on a
+    tensor batch (differentiable: this is the `logits` surrogate white-box attacks see), and
+    `predict`. `expected_probs` (the EOT view) averages softmax over draws; `probs` is that
+    average over `prob_samples` draws."""
+
+    randomized = True
+
+    def __init__(self, module: nn.Module, num_classes: int, batch_size: int = 256,
+                 prob_samples: int = 8):
+        self.module = module.eval()
+        self.num_classes = num_classes
+        self.batch_size = batch_size
+        self.prob_samples = prob_samples
+
+    @property
+    def device(self) -> torch.device:
+        return device_of(self.module)
+
+    def sample_logits(self, x: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        return self.sample_logits(x.to(self.device))
+
+    @torch.no_grad()
+    def expected_probs(self, xs: Sequence, samples: int) -> np.ndarray:
+        chunks = []
+        for start in range(0, len(xs), self.batch_size):
+            x = as_tensor(xs[start:start + self.batch_size], self.device)
+            total = torch.zeros(len(x), self.num_classes, device=self.device)
+            for _ in range(samples):
+                total += torch.softmax(self.sample_logits(x), dim=1)
+            chunks.append((total / samples).cpu().numpy())
+        return np.concatenate(chunks) if chunks else np.zeros((0, self.num_classes))
+
+    def probs(self, xs: Sequence) -> np.ndarray:
+        return self.expected_probs(xs, self.prob_samples)
+
+
+def train_defended(task, model_spec, config: dict, context, loss_fn, description: str,
+                   module: nn.Module | None = None, on_epoch_start=None) -> nn.Module:
+    """Build the task's model (or take `module`), train it with `loss_fn` through the engine's
+    `fit` (cached by the build's content hash) and return it in eval mode."""
+    if module is None:
+        module = context.build_model(model_spec, task)
+    return context.trained(module, lambda m: _fit(m, task, config, context, loss_fn, description,
+                                                  on_epoch_start))
+
+
+def _fit(module, task, config, context, loss_fn, description, on_epoch_start):
+    from benchmark.train import fit
+
+    def wrapped(model, inputs, labels):
+        if config["augment"]:
+            inputs = augment(inputs)
+        return loss_fn(model, inputs, labels)
+
+    return fit(module, task.train.xs, task.train.ys, seed=context.seed, loss_fn=wrapped,
+               description=description, on_epoch_start=on_epoch_start, **fit_options(config))

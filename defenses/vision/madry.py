@@ -1,0 +1,33 @@
+"""Madry et al. (2018): PGD adversarial training, min over weights of the cross-entropy at the
+l-inf PGD example (random start uniform in the ball)."""
+import torch.nn.functional as F
+
+import defenses.vision.common as common
+from benchmark.defended import ClassifierModel
+from benchmark.registry import register_defense
+from defenses.vision.common import TRAIN_OPTIONS, check_budget, eval_mode, pgd_linf, train_defended
+
+
+def madry_loss(eps: float, step_size: float, steps: int):
+    def loss_fn(model, x, y):
+        with eval_mode(model):
+            adversarial = pgd_linf(lambda a: F.cross_entropy(model(a), y, reduction="sum"), x,
+                                   eps, step_size, steps, start="uniform")
+        return F.cross_entropy(model(adversarial), y)
+    return loss_fn
+
+
+@register_defense("madry", modality="image")
+class Madry:
+    """PGD adversarial training (Madry et al. 2018): l-inf eps, `steps` PGD steps, random start."""
+
+    # step_size None = 2.5 * eps / steps (Madry's rule); CIFAR recipe: eps 8/255, 10 x 2/255.
+    cache_sources = (common,)
+    defaults = {**TRAIN_OPTIONS, "eps": 0.1, "steps": 10, "step_size": None}
+
+    def build(self, task, model_spec, config, context):
+        step = check_budget("madry", config["eps"], config["steps"], config["step_size"])
+        module = train_defended(task, model_spec, config, context,
+                                madry_loss(config["eps"], step, config["steps"]),
+                                f"madry {task.name}")
+        return ClassifierModel(module, task.num_classes)

@@ -1,0 +1,43 @@
+"""TRADES (Zhang et al. 2019): cross-entropy on natural inputs plus beta times the KL divergence
+between the predictions on natural and adversarial inputs, the adversarial input maximising that
+KL in the l-inf ball (start 0.001 * N(0, 1), as the reference code)."""
+import torch
+import torch.nn.functional as F
+
+import defenses.vision.common as common
+from benchmark.defended import ClassifierModel
+from benchmark.registry import register_defense
+from defenses.vision.common import (TRAIN_OPTIONS, check_budget, eval_mode, kl_to, pgd_linf,
+                                    train_defended)
+
+
+def trades_adversarial(model, x, eps, step_size, steps):
+    with eval_mode(model):
+        with torch.no_grad():
+            natural = torch.softmax(model(x), dim=1)
+        return pgd_linf(lambda a: kl_to(model(a), natural, reduction="sum"), x, eps, step_size,
+                        steps, start="gaussian")
+
+
+def trades_loss(eps: float, step_size: float, steps: int, beta: float):
+    def loss_fn(model, x, y):
+        adversarial = trades_adversarial(model, x, eps, step_size, steps)
+        natural_logits = model(x)
+        robust = kl_to(model(adversarial), torch.softmax(natural_logits, dim=1))
+        return F.cross_entropy(natural_logits, y) + beta * robust
+    return loss_fn
+
+
+@register_defense("trades", modality="image")
+class Trades:
+    """TRADES (Zhang et al. 2019): CE(natural) + beta * KL(natural || adversarial), beta = 6."""
+
+    cache_sources = (common,)
+    defaults = {**TRAIN_OPTIONS, "eps": 0.1, "steps": 10, "step_size": None, "beta": 6.0}
+
+    def build(self, task, model_spec, config, context):
+        step = check_budget("trades", config["eps"], config["steps"], config["step_size"])
+        module = train_defended(task, model_spec, config, context,
+                                trades_loss(config["eps"], step, config["steps"], config["beta"]),
+                                f"trades {task.name}")
+        return ClassifierModel(module, task.num_classes)

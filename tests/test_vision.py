@@ -1,0 +1,493 @@
+"""Image defenses, attacks, certification statistics, sanity flags and the paper-scale suites.
+
+Everything runs on small slices of the bundled digits or on tiny fixtures, one thread."""
+import gzip
+import pickle
+import struct
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from scipy.stats import norm
+from statsmodels.stats.proportion import proportion_confint
+from torch import nn
+
+from benchmark.certify import (clopper_pearson_lower, cohen_certify, cohen_predict,
+                               gaussian_radius)
+from benchmark.data import load_task
+from benchmark.data.base import Split, Task
+from benchmark.errors import UsageError
+from benchmark.evaluate import BuildContext, run_suite
+from benchmark.interfaces import ABSTAIN, DefendedModel, Differentiable, Randomized
+from benchmark.leaderboard import build_leaderboard, render_markdown
+from benchmark.models import build_model
+from benchmark.registry import ATTACKS, DEFENSES
+from benchmark.specs import ModelSpec, TaskSpec
+from benchmark.store import Store
+from benchmark.suite import load_suite, resolve_config
+from benchmark.train import fit
+from benchmark import sanity
+
+TINY_CNN = ModelSpec.make("smallcnn", {"width": 16, "feature_dim": 64})
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def digits():
+    """The bundled digits (1,258 training images), cut to 60 test images."""
+    full = load_task(TaskSpec.make("digits", {"seed": 0}))
+    return Task("digits", "image", 10, full.train, full.test.subset(range(60), "test"))
+
+
+def build_defense(name, task, tmp_path, model=TINY_CNN, **params):
+    entry = DEFENSES.get(name)
+    config = resolve_config(entry.obj.defaults, params, name)
+    context = BuildContext(tmp_path, f"{name}-test", 0, torch.device("cpu"))
+    torch.manual_seed(0)
+    return entry.obj().build(task, model, config, context)
+
+
+def make_attack(name, **params):
+    entry = ATTACKS.get(name)
+    return entry.obj(resolve_config(entry.obj.defaults, params, name))
+
+
+def accuracy(model, xs, ys):
+    return float((model.predict(xs) == ys).mean())
+
+
+# ---- certification statistics ----
+
+def test_clopper_pearson_lower_is_the_one_sided_bound():
+    for k, n, alpha in [(0, 10, 0.05), (7, 10, 0.05), (990, 1000, 0.001), (100, 100, 0.01)]:
+        expected = proportion_confint(k, n, alpha=2 * alpha, method="beta")[0] if k else 0.0
+        assert clopper_pearson_lower(k, n, alpha) == pytest.approx(expected, abs=1e-12)
+    with pytest.raises(ValueError):
+        clopper_pearson_lower(11, 10, 0.05)
+
+
+def test_cohen_predict_and_certify():
+    assert cohen_predict([90, 5, 5], alpha=0.001) == 0
+    assert cohen_predict([40, 38, 22], alpha=0.05) == ABSTAIN
+    assert cohen_predict([0, 0, 0], alpha=0.05) == ABSTAIN
+    prediction, radius = cohen_certify([1, 99, 0], [10, 980, 10], alpha=0.001, sigma=0.5)
+    p_lower = clopper_pearson_lower(980, 1000, 0.001)
+    assert prediction == 1 and radius == pytest.approx(gaussian_radius(0.5, p_lower))
+    assert gaussian_radius(0.5, p_lower) == pytest.approx(0.5 * norm.ppf(p_lower))
+    # Selection picks class 0 but estimation does not bound it above 1/2: abstain.
+    assert cohen_certify([60, 40], [450, 550], alpha=0.001, sigma=0.5) == (ABSTAIN, 0.0)
+    assert gaussian_radius(1.0, 0.5) == 0.0
+
+
+# ---- AutoAttack is the reference algorithm ----
+
+class Unfoolable(nn.Module):
+    """Logits that ignore the input except for a vanishing term (so gradients exist), with the
+    true class far ahead: no attack can succeed, so every attack runs its full budget."""
+
+    def __init__(self, num_classes=10):
+        super().__init__()
+        self.weight = nn.Parameter(torch.zeros(1))
+        self.num_classes = num_classes
+        self.calls = 0
+
+    def forward(self, x):
+        self.calls += 1
+        logits = torch.zeros(len(x), self.num_classes) + 1e-3 * x.flatten(1).sum(1, keepdim=True)
+        logits[:, 0] += 100.0
+        return logits
+
+
+def test_autoattack_standard_is_the_reference():
+    from pyautoattack import AutoAttack
+    from pyautoattack.autopgd_base import APGDAttack, APGDAttack_targeted
+    from pyautoattack.square import SquareAttack
+
+    attack = make_attack("autoattack", eps=8 / 255)
+    model = Unfoolable()
+    built = attack.build(model, 10, "cpu", seed=0)
+    assert type(built) is AutoAttack and built.version == "standard"
+    assert built.attacks_to_run == ["apgd-ce", "apgd-t", "fab-t", "square"]
+    assert type(built.apgd) is APGDAttack and type(built.apgd_targeted) is APGDAttack_targeted
+    assert built.apgd.n_iter == 100 and built.apgd_targeted.n_iter == 100
+    assert built.apgd_targeted.n_target_classes == 9 and built.fab.n_target_classes == 9
+    assert type(built.square) is SquareAttack and built.square.n_queries == 5000
+    assert built.apgd.norm == "Linf" and built.apgd.eps == pytest.approx(8 / 255)
+    # APGD really runs its 100 iterations (plus its initial evaluations) when nothing breaks.
+    x = torch.rand(4, 1, 8, 8)
+    y = torch.zeros(4, dtype=torch.long)
+    built.apgd.loss = "ce"
+    model.calls = 0
+    adversarial = built.apgd.perturb(x, y)
+    assert model.calls >= 100
+    assert (adversarial - x).abs().max() <= 8 / 255 + 1e-6
+    assert "standard: APGD-CE, APGD-T, FAB-T, Square" in attack.describe()
+
+
+def test_autoattack_refuses_a_modified_standard_version():
+    with pytest.raises(UsageError, match="only apply to version = 'custom'"):
+        make_attack("autoattack", n_iter=10)
+    with pytest.raises(UsageError, match="non-empty list"):
+        make_attack("autoattack", version="custom")
+    with pytest.raises(UsageError, match="unknown: pgd"):
+        make_attack("autoattack", version="custom", attacks=["pgd"])
+
+
+def test_cheap_autoattack_on_three_classes(digits):
+    """The custom APGD-CE + APGD-T runs on a 3-class model (targets capped at 2, padded DLR) and
+    returns adversarials inside the budget that fool at least as often as nothing."""
+    xs = digits.train.xs[:20]
+    ys = digits.train.ys[:20] % 3
+    model = build_model(TINY_CNN, Task("d3", "image", 3, Split(xs, ys), Split(xs, ys)))
+    fit(model, xs, ys, epochs=3, batch_size=20, lr=1e-2)
+    from benchmark.defended import ClassifierModel
+
+    defended = ClassifierModel(model, 3)
+    attack = make_attack("autoattack", version="custom", attacks=["apgd-ce", "apgd-t"], eps=0.3,
+                         n_iter=10, n_target_classes=9)
+    built = attack.build(nn.Identity(), 3, "cpu", 0)
+    assert built.apgd_targeted.n_target_classes == 2 and built.apgd.n_iter == 10
+    outcomes = attack.run(defended, xs, ys, seed=0)
+    adversarial = np.stack([o.adversarial for o in outcomes])
+    assert np.abs(adversarial - xs).max() <= 0.3 + 1e-5
+    assert accuracy(defended, adversarial, ys) <= accuracy(defended, xs, ys)
+    assert outcomes[0].queries == 10 + 10 * 2
+
+
+def test_autoattack_derandomizes_randomized_defenses():
+    from attacks.vision.autoattack import FixedDraws
+
+    noisy = lambda x: x.flatten(1)[:, :3] + torch.randn(len(x), 3)  # noqa: E731
+    model = FixedDraws(type("M", (nn.Module,), {"forward": lambda self, x: noisy(x)})(), 4, 7)
+    x = torch.rand(5, 1, 4, 4)
+    torch.manual_seed(0)
+    before = torch.rand(1)
+    torch.manual_seed(0)
+    first, second = model(x), model(x)
+    assert torch.equal(first, second)                 # one fixed function
+    assert torch.equal(torch.rand(1), before)         # the global generator is left as it was
+    assert torch.allclose(first.exp().sum(1), torch.ones(5), atol=1e-5)  # log mean softmax
+
+
+# ---- attacks ----
+
+def test_cw_loss_and_projections():
+    from attacks.vision.perturb import cw_margin_loss, project
+
+    logits = torch.tensor([[3.0, 1.0, 0.0], [0.0, 2.0, 1.0]])
+    loss = cw_margin_loss(logits, torch.tensor([0, 0]), confidence=50.0)
+    assert loss.tolist() == [-(3 - 1 + 50), -(0 - 2 + 50)]
+    x = torch.rand(3, 1, 4, 4)
+    far = x + 10 * torch.randn_like(x)
+    assert ((project(far, x, "linf", 0.1) - x).abs().max() <= 0.1 + 1e-6)
+    inside = project(far, x, "l2", 0.5)
+    assert ((inside - x).flatten(1).norm(dim=1) <= 0.5 + 1e-5).all()
+    assert inside.min() >= 0 and inside.max() <= 1
+
+
+def test_white_box_attacks_reach_vanilla(digits, tmp_path):
+    vanilla = build_defense("vanilla", digits, tmp_path, epochs=3, lr=1e-2)
+    xs, ys = digits.test.xs[:40], digits.test.ys[:40]
+    assert accuracy(vanilla, xs, ys) > 0.7
+    for name, params in [("cw", {"eps": 0.3}), ("eot-pgd", {"eps": 0.3, "eot_samples": 3}),
+                         ("bpda-pgd", {"eps": 0.3})]:
+        outcomes = make_attack(name, **params).run(vanilla, xs, ys, seed=0)
+        adversarial = np.stack([o.adversarial for o in outcomes])
+        assert np.abs(adversarial - xs).max() <= 0.3 + 1e-5
+        assert accuracy(vanilla, adversarial, ys) < 0.3, name
+        # A deterministic model gets one draw per step: EOT reduces to PGD's cost.
+        assert outcomes[0].queries == 20
+
+
+# ---- defenses ----
+
+def test_adversarial_training_defenses_train_and_deploy(digits, tmp_path):
+    for name, params in [("madry", {"eps": 0.2, "steps": 2}), ("trades", {"eps": 0.2, "steps": 2}),
+                         ("mixup", {}), ("causaladv-m", {"eps": 0.2, "steps": 2, "lambda": 0.3}),
+                         ("causaladv-t", {"eps": 0.2, "steps": 2, "lambda": 0.3})]:
+        model = build_defense(name, digits, tmp_path, epochs=3, lr=3e-3, **params)
+        assert isinstance(model, DefendedModel) and isinstance(model, Differentiable)
+        assert accuracy(model, digits.test.xs, digits.test.ys) > 0.2, name
+    assert DEFENSES.get("trades").obj.defaults["beta"] == 6.0
+    assert DEFENSES.get("causaladv-t").obj.defaults["beta"] == 6.0
+    assert DEFENSES.get("causaladv-m").obj.defaults["beta"] == 1.0
+
+
+def test_sgd_schedule_and_augmentation():
+    from defenses.vision.common import augment
+
+    model = nn.Linear(4, 2)
+    rates = []
+    from torch.optim.optimizer import register_optimizer_step_pre_hook
+
+    hook = register_optimizer_step_pre_hook(
+        lambda optimizer, args, kwargs: rates.append((type(optimizer).__name__,
+                                                      optimizer.param_groups[0]["lr"])))
+    try:
+        xs = np.random.default_rng(0).random((8, 4), dtype=np.float32)
+        fit(model, xs, np.arange(8) % 2, epochs=4, batch_size=8, lr=0.1, optimizer="sgd",
+            lr_milestones=(1, 3), lr_gamma=0.1)
+    finally:
+        hook.remove()
+    assert [name for name, _ in rates] == ["SGD"] * 4
+    assert [lr for _, lr in rates] == pytest.approx([0.1, 0.01, 0.01, 0.001])
+    x = torch.rand(5, 3, 8, 8)
+    out = augment(x)
+    assert out.shape == x.shape and out.min() >= 0
+    # A crop of a zero-padded image: every output pixel is an input pixel or padding.
+    assert set(np.round(out.numpy().ravel(), 6)) <= set(np.round(x.numpy().ravel(), 6)) | {0.0}
+
+
+def test_causaladv_style_basis_and_sigma_adjusted_logits():
+    from defenses.vision.causaladv import StyleBasis, StylePredictor, normalise
+
+    torch.manual_seed(0)
+    features = torch.randn(64, 16).relu()
+    weight = torch.randn(3, 16)
+    basis = StyleBasis(16, torch.device("cpu"), torch.Generator().manual_seed(0))
+    rows = basis.update(features, weight)
+    sigma = basis.covariance.cov[0]
+    # Every style direction is orthogonal to Sigma w_c: the style carries nothing the head reads
+    # under the feature covariance.
+    assert (rows @ (sigma @ weight.t())).abs().max() < 1e-5
+    assert torch.allclose(rows.norm(dim=1), torch.ones(16), atol=1e-5)
+    # The running covariance equals the batch covariance of the normalised features.
+    normalised = normalise(features)
+    expected = torch.cov(normalised.t(), correction=0)
+    assert torch.allclose(sigma, expected, atol=1e-5)
+    g = StylePredictor(16, 3)
+    labels = torch.arange(64) % 3
+    plain = g(normalised @ rows.t(), labels, ratio=0.0, update_covariance=True)
+    shifted = g(normalised @ rows.t(), labels, ratio=1.0)
+    shift = shifted - plain
+    # Eq. 10: no shift for the true class, a non-negative one for the others.
+    assert shift.gather(1, labels[:, None]).abs().max() < 1e-6
+    assert (shift >= -1e-6).all() and shift.max() > 0
+
+
+def test_ciiv_layer(digits, tmp_path):
+    from defenses.vision.ciiv import CiiVNet, ciiv_regulariser
+
+    base = build_model(TINY_CNN, digits)
+    net = CiiVNet(base, [0.0], [1.0], num_samples=3, omega=0.9)
+    masks = net.masks(9, 32, 32, "cpu")
+    assert masks.shape == (9, 3, 32, 32)
+    # Nine distinct centres: each loop's mask is densest near its own centre.
+    densest = {tuple(np.unravel_index(m.float().mean(0).numpy().argmax(), (32, 32))) for m in
+               torch.stack([net.masks(9, 32, 32, "cpu") for _ in range(20)]).float().mean(0)}
+    assert len(densest) >= 5
+    # Exposure fires with probability clip((x + omega) / (2 omega), 0, 1).
+    x = torch.full((1, 1, 4, 4), 0.3)
+    fired = net.exposure(x, 200, bpda=False).mean().item()
+    assert fired == pytest.approx((0.3 + 0.9) / 1.8, abs=0.02)
+    # BPDA keeps the forward value and has the expectation's gradient 1 / (2 omega).
+    x.requires_grad_(True)
+    net.exposure(x, 1, bpda=True).sum().backward()
+    assert torch.allclose(x.grad, torch.full_like(x, 3 / 1.8), atol=1e-5)
+    features = torch.ones(9, 5, 4)
+    assert ciiv_regulariser(features, torch.full((9,), 0.7)).item() == pytest.approx(0.0)
+    assert ciiv_regulariser(torch.randn(9, 5, 4), torch.full((9,), 0.7)).item() > 0
+
+
+@pytest.mark.parametrize("name", ["ciiv", "ciiv-mixup"])
+def test_ciiv_trains_and_is_randomized(digits, tmp_path, name):
+    model = build_defense(name, digits, tmp_path, epochs=3, lr=1e-2, loops=3,
+                          reg_milestones=[1])
+    assert isinstance(model, Randomized) and isinstance(model, Differentiable)
+    assert accuracy(model, digits.test.xs, digits.test.ys) > 0.3
+    probs = model.expected_probs(digits.test.xs[:5], samples=2)
+    assert probs.shape == (5, 10) and np.allclose(probs.sum(1), 1, atol=1e-5)
+    x = torch.as_tensor(digits.test.xs[:4]).requires_grad_(True)
+    model.bpda_logits(x).sum().backward()
+    assert x.grad.abs().sum() > 0
+
+
+def test_randomized_smoothing_certifies(digits, tmp_path):
+    model = build_defense("randomized-smoothing", digits, tmp_path, epochs=3, lr=1e-2, sigma=0.25,
+                          n0=20, n=200, n_predict=50)
+    assert isinstance(model, Randomized) and model.unit == "l2"
+    xs, ys = digits.test.xs[:20], digits.test.ys[:20]
+    torch.manual_seed(0)
+    certificates = model.certify(xs, ys, alpha=0.05, seed=0)
+    assert len(certificates) == 20 and all(c.unit == "l2" and c.samples == 220 for c in certificates)
+    for c in certificates:
+        if c.abstained:
+            assert c.prediction == ABSTAIN and c.radius == 0 and not c.certified
+        else:
+            assert c.radius == pytest.approx(gaussian_radius(0.25, c.p_lower)) and c.p_lower >= 0.5
+    assert sum(c.certified for c in certificates) >= 5
+    assert set(model.predict(xs)) <= set(range(10)) | {ABSTAIN}
+
+
+# ---- sanity checks ----
+
+def _run(label, attack, params, correct):
+    return sanity.Run(label, attack, params, dict(enumerate(correct)))
+
+
+def test_sanity_checks_flag_violations():
+    fgsm = _run("fgsm", "fgsm", {"eps": 0.1}, [0] * 60 + [1] * 40)
+    pgd = _run("pgd", "pgd", {"norm": "linf", "eps": 0.1, "steps": 20}, [1] * 70 + [0] * 30)
+    pgd5 = _run("pgd5", "pgd", {"norm": "linf", "eps": 0.1, "steps": 5}, [1] * 40 + [0] * 60)
+    unbounded = _run("big", "pgd", {"norm": "linf", "eps": 1.0, "steps": 20}, [1] * 30 + [0] * 70)
+    square = _run("sq", "autoattack", {"norm": "linf", "eps": 0.1, "attacks": ["square"]}, [0] * 100)
+    eot = _run("eot", "eot-pgd", {"norm": "linf", "eps": 0.1}, [1] * 70 + [0] * 30)
+    checks = {c.name: c for c in sanity.run_checks([fgsm, pgd, pgd5, unbounded, square, eot])}
+    assert all(checks[name].status == "flag" for name in
+               ["single-step", "more-steps", "unbounded", "black-box"]), checks
+    assert checks["adaptive"].status == "ok"
+    assert sanity.summarize(list(checks.values())).startswith("FLAG: single-step")
+    good = sanity.run_checks([_run("fgsm", "fgsm", {"eps": 0.1}, [1] * 50 + [0] * 50),
+                              _run("pgd", "pgd", {"eps": 0.1, "steps": 20}, [1] * 45 + [0] * 55)])
+    assert [c.status for c in good] == ["ok", "n/a", "n/a", "n/a", "n/a"]
+    assert sanity.summarize(good) == "ok (1/5 checks)"
+
+
+# ---- suites ----
+
+MINI_VISION = """
+name = "vision-test"
+seed = 0
+[protocol]
+n_examples = 30
+batch_size = 30
+[tasks.digits]
+model = "smallcnn"
+model_params = { width = 8, feature_dim = 32 }
+train = { epochs = 3, lr = 3e-3 }
+[defenses.vanilla]
+[defenses.madry]
+params = { eps = 0.2, steps = 2 }
+[defenses.randomized-smoothing]
+params = { n0 = 16, n = 100, n_predict = 16 }
+[attacks.fgsm]
+params = { eps = 0.2 }
+[attacks.pgd]
+params = { eps = 0.2, steps = 10 }
+[attacks.pgd-2]
+attack = "pgd"
+params = { eps = 0.2, steps = 2 }
+[attacks.pgd-unbounded]
+attack = "pgd"
+params = { eps = 1.0, steps = 10 }
+[attacks.autoattack]
+params = { version = "custom", attacks = ["apgd-ce", "apgd-t"], eps = 0.2, n_iter = 10, n_target_classes = 2 }
+protocol = { n_examples = 10, batch_size = 10 }
+[attacks.square]
+attack = "autoattack"
+params = { version = "custom", attacks = ["square"], eps = 0.2, n_queries = 50 }
+protocol = { n_examples = 10, batch_size = 10 }
+"""
+
+
+def test_vision_suite_end_to_end(tmp_path):
+    path = tmp_path / "vision.toml"
+    path.write_text(MINI_VISION)
+    suite = load_suite(path)
+    attack_cells = [c for c in suite.cells if c.attack_label == "autoattack"]
+    assert attack_cells and all(c.protocol.n_examples == 10 for c in attack_cells)
+    assert all(c.protocol.n_examples == 30 for c in suite.cells if c.attack_label == "pgd")
+    store = Store(tmp_path / "store.sqlite")
+    counts = run_suite(suite, store, tmp_path / "cache", torch.device("cpu"))
+    assert counts == {"done": len(suite.cells)}
+    board = build_leaderboard(store, suite.name)
+    rows = {(t["threat_id"], r["defense"]): r for t in board["tables"] for r in t["rows"]}
+    clean_rs = rows[("clean", "randomized-smoothing")]["metrics"]
+    assert {"certified_accuracy@0", "certified_accuracy@0.5"} <= set(clean_rs)
+    for row in rows.values():
+        assert row["sanity_summary"] and len(row["sanity"]) == len(sanity.CHECKS)
+    markdown = render_markdown(board)
+    assert "sanity flags" in markdown and "## Sanity checks" in markdown
+    assert "certified acc % at r=0.5 (l2)" in markdown
+
+
+def test_attack_protocol_override_is_validated(tmp_path):
+    path = tmp_path / "bad.toml"
+    path.write_text(MINI_VISION.replace('protocol = { n_examples = 10, batch_size = 10 }',
+                                        'protocol = { n_exampels = 10 }', 1))
+    with pytest.raises(UsageError, match="unknown protocol key 'n_exampels'"):
+        load_suite(path)
+
+
+# ---- paper-scale suites, dry run on tiny fixtures ----
+
+def _write_fixtures(root: Path) -> None:
+    rng = np.random.default_rng(0)
+
+    def pickle_to(path, value):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(pickle.dumps(value, protocol=2))
+
+    def batch(n, key, classes):
+        return {b"data": rng.integers(0, 256, (n, 3072), dtype=np.uint8),
+                key: [i % classes for i in range(n)]}
+
+    folder = root / "cifar10" / "cifar-10-batches-py"
+    for i in range(1, 6):
+        pickle_to(folder / f"data_batch_{i}", batch(4, b"labels", 10))
+    pickle_to(folder / "test_batch", batch(10, b"labels", 10))
+    folder = root / "cifar100" / "cifar-100-python"
+    pickle_to(folder / "train", batch(100, b"fine_labels", 100))
+    pickle_to(folder / "test", batch(100, b"fine_labels", 100))
+    folder = root / "mnist"
+    folder.mkdir(parents=True)
+    for prefix, n in [("train", 20), ("t10k", 10)]:
+        for name, array in [(f"{prefix}-images-idx3-ubyte", rng.integers(0, 256, (n, 28, 28))),
+                            (f"{prefix}-labels-idx1-ubyte", np.arange(n) % 10)]:
+            data = struct.pack(">I", 0x0800 + array.ndim) + struct.pack(
+                f">{array.ndim}I", *array.shape) + array.astype(np.uint8).tobytes()
+            (folder / f"{name}.gz").write_bytes(gzip.compress(data))
+
+
+PARAMETERS = {"resnet18": 11.17e6, "wrn": 46.16e6}
+
+
+@pytest.mark.parametrize("suite_name", ["cifar10-paper", "cifar100-paper", "mnist-paper"])
+def test_paper_suites_dry_run(tmp_path, suite_name):
+    """The suite parses, every task loads from fixtures in the real formats, the paper models
+    build at full size, and every defense config trains one epoch (on a width-4 stand-in model
+    and 8 fixture images, so the test stays fast)."""
+    _write_fixtures(tmp_path)
+    suite = load_suite(suite_name, data_root=tmp_path)
+    defenses = {c.defense.name for c in suite.cells}
+    assert {"madry", "trades", "mixup", "causaladv-m", "causaladv-t", "ciiv", "ciiv-mixup",
+            "randomized-smoothing"} <= defenses
+    attacks = {c.attack_label: c.attack for c in suite.cells if c.attack}
+    assert attacks["autoattack"].params["version"] == "standard"
+    tasks = {}
+    for cell in suite.cells:
+        if cell.task_label not in tasks:
+            tasks[cell.task_label] = (load_task(cell.task, tmp_path), cell.model)
+    for label, (task, model_spec) in tasks.items():
+        if model_spec.name in PARAMETERS:
+            with torch.device("meta"):
+                module = build_model(model_spec, task)
+            count = sum(p.numel() for p in module.parameters())
+            assert count == pytest.approx(PARAMETERS[model_spec.name], rel=0.01), label
+            if model_spec.name == "wrn":
+                assert model_spec.params == {"depth": 34, "widen_factor": 10}
+    label, (task, model_spec) = next(iter(tasks.items()))
+    small = Task(task.name, "image", task.num_classes, task.train.subset(range(8)),
+                 task.test.subset(range(4)))
+    stand_in = ModelSpec.make("resnet18", {"width": 4}) if model_spec.name != "smallcnn" else \
+        ModelSpec.make("smallcnn", {"width": 4, "feature_dim": 8})
+    seen = set()
+    for cell in suite.cells:
+        if cell.task_label != label or cell.defense.name in seen:
+            continue
+        seen.add(cell.defense.name)
+        params = {**cell.defense.params, "epochs": 1, "batch_size": 8}
+        for key in ("steps", "loops"):
+            if key in params:
+                params[key] = min(params[key], 2)
+        model = build_defense(cell.defense.name, small, tmp_path / cell.defense.name,
+                              model=stand_in, **params)
+        assert model.predict(small.test.xs).shape == (4,)
