@@ -13,7 +13,6 @@ counts and alpha are arguments (config), never constants.
 """
 from __future__ import annotations
 
-import math
 from typing import Callable, Iterable, Sequence
 
 import numpy as np

@@ -229,3 +229,17 @@ def test_mcb_and_mcr_on_the_leaderboard():
     metrics = cell_metrics(outcomes, has_attack=False, unit="words")
     assert metrics["certified_accuracy"]["successes"] == 2
     assert metrics["certified_accuracy"]["value"] <= metrics["clean_accuracy"]["value"]
+
+
+def test_pretrained_word_vectors_by_path(task, tmp_path):
+    from benchmark.errors import UsageError
+    from benchmark.models import build_model
+
+    vectors = tmp_path / "vectors.txt"
+    vectors.write_text("good 1 2 3 4\nbad -1 -2 -3 -4\nnotaword 9 9 9 9\n")
+    model = build_model(ModelSpec.make("textcnn", {"embedding_dim": 4, "vectors_path": str(vectors)}), task)
+    stoi = model.tokenizer.stoi
+    assert model.embedding.weight[stoi["good"]].tolist() == [1, 2, 3, 4]
+    assert model.embedding.weight[stoi["bad"]].tolist() == [-1, -2, -3, -4]
+    with pytest.raises(UsageError, match="embedding_dim"):
+        build_model(ModelSpec.make("bilstm", {"embedding_dim": 8, "vectors_path": str(vectors)}), task)

@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 from collections import Counter
+from pathlib import Path
 from typing import Sequence
 
 import torch
@@ -94,6 +95,33 @@ class TextClassifier(nn.Module):
             raise ValueError("cached text model was trained with a different vocabulary")
 
 
+def load_word_vectors(model: TextClassifier, path: str | None) -> TextClassifier:
+    """Initialise the embedding rows of vocabulary words found in a GloVe-format text file (`word v1
+    ... vD` per line, D = embedding_dim), e.g. counter-fitted vectors a user has; the other rows
+    keep their random initialisation. None: embeddings are trained from scratch (the default)."""
+    if path is None:
+        return model
+    file = Path(path)
+    if not file.is_file():
+        raise UsageError(f"vectors_path {path} is not a file; pass a GloVe-format text file")
+    weight = model.embedding.weight
+    found = 0
+    with torch.no_grad(), file.open(encoding="utf-8", errors="replace") as lines:
+        for number, line in enumerate(lines, 1):
+            parts = line.rstrip().split(" ")
+            index = model.tokenizer.stoi.get(parts[0])
+            if index is None or index == 0:
+                continue
+            if len(parts) - 1 != weight.shape[1]:
+                raise UsageError(f"{path}, line {number}: {len(parts) - 1} values, but embedding_dim "
+                                 f"is {weight.shape[1]}; set embedding_dim to the vectors' size")
+            weight[index] = torch.tensor([float(v) for v in parts[1:]])
+            found += 1
+    if not found:
+        raise UsageError(f"{path}: no vocabulary word has a vector; is it a GloVe-format file?")
+    return model
+
+
 def word_tokenizer_for(task, max_length: int = 64) -> WordTokenizer:
     extra = sorted(task.substitutions.vocabulary()) if task.substitutions is not None else []
     return WordTokenizer.from_texts(task.train.xs, extra, max_length=max_length)
@@ -133,9 +161,10 @@ class TextCNN(TextClassifier):
 
 @register_model("textcnn", modality="text")
 def textcnn(task, embedding_dim: int = 64, filters: int = 64, kernel_sizes=(3, 4, 5),
-            dropout: float = 0.3, max_length: int = 64) -> TextCNN:
-    return TextCNN(word_tokenizer_for(task, max_length), task.num_classes, embedding_dim, filters,
-                   kernel_sizes, dropout)
+            dropout: float = 0.3, max_length: int = 64, vectors_path: str | None = None) -> TextCNN:
+    model = TextCNN(word_tokenizer_for(task, max_length), task.num_classes, embedding_dim, filters,
+                    kernel_sizes, dropout)
+    return load_word_vectors(model, vectors_path)
 
 
 class BiLSTM(TextClassifier):
@@ -169,7 +198,9 @@ class BiLSTM(TextClassifier):
 
 @register_model("bilstm", modality="text")
 def bilstm(task, embedding_dim: int = 64, hidden_size: int = 64, num_layers: int = 1,
-           pooling: str = "mean", dropout: float = 0.3, max_length: int = 64) -> BiLSTM:
+           pooling: str = "mean", dropout: float = 0.3, max_length: int = 64,
+           vectors_path: str | None = None) -> BiLSTM:
     """Bidirectional LSTM over word embeddings with masked mean or max pooling."""
-    return BiLSTM(word_tokenizer_for(task, max_length), task.num_classes, embedding_dim, hidden_size,
-                  num_layers, pooling, dropout)
+    model = BiLSTM(word_tokenizer_for(task, max_length), task.num_classes, embedding_dim, hidden_size,
+                   num_layers, pooling, dropout)
+    return load_word_vectors(model, vectors_path)

@@ -32,7 +32,6 @@ from benchmark.registry import register_defense
 from benchmark.specs import ModelSpec
 from benchmark.train import TRAIN_DEFAULTS, device_of, fit
 from defenses.text import intervals
-from defenses.text.ibp import small_embeddings
 from defenses.text.smoothing import call_rngs, example_rng
 
 HEADS = ("mlp", "transformer")
@@ -219,7 +218,7 @@ class CISS:
         self.check(config, task)
         encoder = intervals.require_textcnn(context.build_model(model_spec, task), "ciss")
         encoder.output = nn.Linear(encoder.output.in_features, config["latent_size"])
-        small_embeddings(encoder, config["embedding_std"])
+        intervals.small_embeddings(encoder, config["embedding_std"])
         if config["head"] == "mlp":
             head = nn.Sequential(nn.Linear(config["latent_size"], config["head_hidden"]), nn.ReLU(),
                                  nn.Linear(config["head_hidden"], task.num_classes))

@@ -27,17 +27,6 @@ IBP_DEFAULTS = {"kappa": 0.8, "initial_kappa": 0.0, "eps": 1.0, "initial_eps": 0
                 "clean_epochs": 0, "full_epochs": 0, "embedding_std": 0.01}
 
 
-def small_embeddings(module, std: float) -> None:
-    """Re-initialise a from-scratch embedding at N(0, std^2): at nn.Embedding's unit scale the boxes
-    over substitution sets start wide and Adam needs far more steps to pull substitutes together
-    than the ramps leave (on toy-sentiment the model then falls back on words that are not in the
-    table). 0 keeps the model's own initialisation (pretrained vectors, for instance)."""
-    if std > 0:
-        torch.nn.init.normal_(module.embedding.weight, std=std)
-        with torch.no_grad():
-            module.embedding.weight[module.embedding.padding_idx].zero_()
-
-
 def ramp(epoch: int, epochs: int, clean: int, full: int, start: float, end: float) -> float:
     """The seed's schedule: 0 for the first `clean` epochs, then linear from `start` to `end` over the
     epochs before the last `full` ones, then `end`."""
@@ -49,12 +38,12 @@ def ramp(epoch: int, epochs: int, clean: int, full: int, start: float, end: floa
     return float(np.linspace(start, end, steps)[min(epoch - clean, steps - 1)])
 
 
-def check_ramp_config(config: dict, name: str, keys=("kappa", "initial_kappa", "eps", "initial_eps")) -> None:
-    for key in keys:
+def check_ibp_config(config: dict) -> None:
+    for key in ("kappa", "initial_kappa", "eps", "initial_eps"):
         if not 0 <= config[key] <= 1:
-            raise UsageError(f"defense '{name}': {key} must be in [0, 1], got {config[key]}")
+            raise UsageError(f"defense 'ibp': {key} must be in [0, 1], got {config[key]}")
     if config["clean_epochs"] < 0 or config["full_epochs"] < 0 or config["embedding_std"] < 0:
-        raise UsageError(f"defense '{name}': clean_epochs, full_epochs and embedding_std must be >= 0")
+        raise UsageError("defense 'ibp': clean_epochs, full_epochs and embedding_std must be >= 0")
 
 
 class IntervalCertifiedModel(ClassifierModel):
@@ -97,12 +86,12 @@ class IBP:
     cache_sources = (intervals,)
 
     def build(self, task, model_spec, config, context):
-        check_ramp_config(config, "ibp")
+        check_ibp_config(config)
         if task.substitutions is None:
             raise UsageError(f"defense 'ibp' needs a substitution table; task '{task.name}' has none")
         module = intervals.require_textcnn(context.build_model(model_spec, task), "ibp")
         candidates = intervals.candidate_matrix(module.tokenizer, task.substitutions).to(context.device)
-        small_embeddings(module, config["embedding_std"])
+        intervals.small_embeddings(module, config["embedding_std"])
         schedule = {"kappa": 0.0, "eps": 0.0}
 
         def on_epoch_start(epoch):

@@ -55,6 +55,17 @@ def candidate_matrix(tokenizer, table) -> torch.Tensor:
     return torch.tensor([r + [r[0]] * (width - len(r)) for r in rows], dtype=torch.long)
 
 
+def small_embeddings(module, std: float) -> None:
+    """Re-initialise a from-scratch embedding at N(0, std^2): at nn.Embedding's unit scale the boxes
+    over substitution sets start wide and Adam needs far more steps to pull substitutes together
+    than the ramps leave (on toy-sentiment the model then falls back on words that are not in the
+    table). 0 keeps the model's own initialisation (pretrained vectors, for instance)."""
+    if std > 0:
+        torch.nn.init.normal_(module.embedding.weight, std=std)
+        with torch.no_grad():
+            module.embedding.weight[module.embedding.padding_idx].zero_()
+
+
 def substitution_boxes(embedding: nn.Embedding, candidates: torch.Tensor, input_ids: torch.Tensor,
                        eps: float = 1.0) -> Bounds:
     """Per-position boxes over the embeddings of each word and its substitutes. `candidates` is a

@@ -86,6 +86,11 @@ class Noisy:
         return np.bincount(self.inverse, minlength=len(self.logits)).astype(np.float64)
 
 
+def split_like(array: np.ndarray, sizes: list[int]) -> list[np.ndarray]:
+    """Consecutive pieces of `array` with the given sizes."""
+    return np.split(array, np.cumsum(sizes)[:-1])
+
+
 def distinct_rows(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """The distinct rows of a small-integer matrix and, for each row, the index of its distinct row."""
     unique, inverse = np.unique(rows, axis=0, return_inverse=True)
@@ -126,38 +131,32 @@ class SmoothedText:
         raise NotImplementedError
 
     # Classification of noisy copies ----------------------------------------------------------
+    def _chunked(self, forward, count: int) -> np.ndarray:
+        size = self.config["eval_batch_size"]
+        return np.concatenate([forward(s, s + size).float().cpu().numpy() for s in range(0, count, size)])
+
     @torch.no_grad()
     def _logits_of_ids(self, id_rows: list[np.ndarray]) -> list[np.ndarray]:
         """Logits of many token-id matrices; each matrix's rows share a length, so matrices of equal
         width are stacked and run in chunks with no padding at all."""
         device = next(self.module.parameters()).device
-        size = self.config["eval_batch_size"]
         by_width: dict[int, list[int]] = {}
         for index, ids in enumerate(id_rows):
             by_width.setdefault(ids.shape[1], []).append(index)
-        results: list[np.ndarray | None] = [None] * len(id_rows)
-        for width, members in by_width.items():
+        results: list[np.ndarray] = [np.empty(0)] * len(id_rows)
+        for members in by_width.values():
             stacked = torch.as_tensor(np.concatenate([id_rows[i] for i in members]), device=device)
             mask = torch.ones_like(stacked)
-            logits = torch.cat([self.module(stacked[s:s + size], mask[s:s + size]).float().cpu()
-                                for s in range(0, len(stacked), size)]).numpy()
-            offset = 0
-            for i in members:
-                results[i] = logits[offset:offset + len(id_rows[i])]
-                offset += len(id_rows[i])
+            logits = self._chunked(lambda a, b: self.module(stacked[a:b], mask[a:b]), len(stacked))
+            for i, part in zip(members, split_like(logits, [len(id_rows[i]) for i in members])):
+                results[i] = part
         return results
 
     @torch.no_grad()
     def _logits_of_texts(self, texts: list[list[str]]) -> list[np.ndarray]:
         flat = [t for group in texts for t in group]
-        size = self.config["eval_batch_size"]
-        logits = np.concatenate([self.module.classify(flat[s:s + size]).float().cpu().numpy()
-                                 for s in range(0, len(flat), size)]) if flat else np.zeros((0, self.num_classes))
-        out, offset = [], 0
-        for group in texts:
-            out.append(logits[offset:offset + len(group)])
-            offset += len(group)
-        return out
+        logits = self._chunked(lambda a, b: self.module.classify(flat[a:b]), len(flat))
+        return split_like(logits, [len(group) for group in texts])
 
     def noisy(self, plans: Sequence[Plan], n: int, rngs: Sequence[np.random.Generator]) -> list[Noisy]:
         """Draw n noisy copies of each text and classify each distinct copy once."""
