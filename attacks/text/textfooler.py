@@ -43,8 +43,8 @@ class TextFooler(TextAttackRecipe):
             source = (f"candidates: {c['max_candidates']} nearest neighbours in {c['embedding']}, "
                       f"cosine >= {c['min_cos_sim']:g}")
         return (f"TextFooler (TextAttack), greedy swaps by deletion importance, {source}, "
-                f"{describe_encoder(c)} against the text before each swap, no part-of-speech check, stop words kept, "
-                f"{describe_budget(c)}")
+                f"{describe_encoder(c)} against the text before each swap, no part-of-speech "
+                f"check, stop words kept, {describe_budget(c)}")
 
     def prepare(self, task, context):
         import_textattack()
