@@ -8,10 +8,14 @@ APGD-CE + APGD-T for small suites, or Square alone as the black-box reference.
 
 Randomized defenses (CiiV, smoothing): AutoAttack's algorithm assumes a deterministic model (it
 drops points the model gets wrong once, and stops on a point at its first success), so a
-randomized defense is given to it derandomized: the mean of `draws` draws, log(mean softmax),
-each draw with fixed random numbers (the same seeds at every call, "common random numbers"). Its
-gradients and success checks are then those of one fixed function; the harness still judges the
-result with the defense's own random `predict`. Deterministic models are unaffected.
+randomized defense is given to it derandomized: the mean of k draws, log(mean softmax), each
+draw with fixed random numbers (the same seeds at every call, "common random numbers"), where k
+is `draws` or, if fewer, the number of draws the defense's own decision averages
+(`decision_draws`: one for CiiV, whose single draw already averages 27 exposures; PREDICT's
+sample count for smoothing). Its gradients and success checks are then those of one fixed
+function; the harness still judges the result with the defense's own random `predict`.
+Deterministic models are unaffected. AutoAttack stops at a point's first success, so on a
+randomized rule it can leave higher accuracy than a fixed-step PGD: read the EOT / BPDA rows too.
 
 Two adaptations to tasks with few classes, both forced by the reference code itself: the number of
 target classes is capped at C - 1 (the reference indexes the C - 1 runner-up classes), and on
@@ -184,7 +188,7 @@ class AutoAttackAdapter:
         module = DefendedLogits(model).to(device)
         samples = 1
         if getattr(model, "randomized", False):
-            samples = self.config["draws"]
+            samples = max(1, min(self.config["draws"], getattr(model, "decision_draws", 1)))
             module = FixedDraws(module, samples, seed % 2**31)
         attack = self.build(module, model.num_classes, device, seed % 2**31)
         x = torch.as_tensor(xs, device=device)

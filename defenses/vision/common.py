@@ -111,6 +111,7 @@ class RandomizedImageModel:
     average over `prob_samples` draws."""
 
     randomized = True
+    decision_draws = 1  # random draws the deployed decision averages (attacks may mirror it)
 
     def __init__(self, module: nn.Module, num_classes: int, batch_size: int = 256,
                  prob_samples: int = 8):

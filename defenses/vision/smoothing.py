@@ -39,6 +39,7 @@ class SmoothedClassifier(RandomizedImageModel):
         self.n0, self.n, self.n_predict = n0, n, n_predict
         self.alpha_predict = alpha_predict
         self.noise_batch = noise_batch
+        self.decision_draws = n_predict
 
     def sample_logits(self, x):
         return self.module(x + self.sigma * torch.randn_like(x))
