@@ -13,8 +13,7 @@ from scipy.stats import norm
 from statsmodels.stats.proportion import proportion_confint
 from torch import nn
 
-from benchmark.certify import (clopper_pearson_lower, cohen_certify, cohen_predict,
-                               gaussian_radius)
+from benchmark.certify import certify, gaussian_radius, lower_confidence_bound, predict
 from benchmark.data import load_task
 from benchmark.data.base import Split, Task
 from benchmark.errors import UsageError
@@ -66,25 +65,22 @@ def accuracy(model, xs, ys):
 
 # ---- certification statistics ----
 
-def test_clopper_pearson_lower_is_the_one_sided_bound():
+def test_lower_confidence_bound_is_the_one_sided_clopper_pearson_bound():
     for k, n, alpha in [(0, 10, 0.05), (7, 10, 0.05), (990, 1000, 0.001), (100, 100, 0.01)]:
         expected = proportion_confint(k, n, alpha=2 * alpha, method="beta")[0] if k else 0.0
-        assert clopper_pearson_lower(k, n, alpha) == pytest.approx(expected, abs=1e-12)
-    with pytest.raises(ValueError):
-        clopper_pearson_lower(11, 10, 0.05)
+        assert lower_confidence_bound(k, n, alpha) == pytest.approx(expected, abs=1e-12)
 
 
 def test_cohen_predict_and_certify():
-    assert cohen_predict([90, 5, 5], alpha=0.001) == 0
-    assert cohen_predict([40, 38, 22], alpha=0.05) == ABSTAIN
-    assert cohen_predict([0, 0, 0], alpha=0.05) == ABSTAIN
-    prediction, radius = cohen_certify([1, 99, 0], [10, 980, 10], alpha=0.001, sigma=0.5)
-    p_lower = clopper_pearson_lower(980, 1000, 0.001)
-    assert prediction == 1 and radius == pytest.approx(gaussian_radius(0.5, p_lower))
-    assert gaussian_radius(0.5, p_lower) == pytest.approx(0.5 * norm.ppf(p_lower))
+    assert predict([90, 5, 5], alpha=0.001) == 0
+    assert predict([40, 38, 22], alpha=0.05) == ABSTAIN
+    assert predict([0, 0, 0], alpha=0.05) == ABSTAIN
+    prediction, p_lower = certify([1, 99, 0], [10, 980, 10], alpha=0.001)
+    assert prediction == 1 and p_lower == pytest.approx(lower_confidence_bound(980, 1000, 0.001))
+    assert gaussian_radius(p_lower, 0.5) == pytest.approx(0.5 * norm.ppf(p_lower))
     # Selection picks class 0 but estimation does not bound it above 1/2: abstain.
-    assert cohen_certify([60, 40], [450, 550], alpha=0.001, sigma=0.5) == (ABSTAIN, 0.0)
-    assert gaussian_radius(1.0, 0.5) == 0.0
+    assert certify([60, 40], [450, 550], alpha=0.001)[0] == ABSTAIN
+    assert gaussian_radius(0.5, 1.0) == 0.0
 
 
 # ---- AutoAttack is the reference algorithm ----
@@ -322,7 +318,7 @@ def test_randomized_smoothing_certifies(digits, tmp_path):
         if c.abstained:
             assert c.prediction == ABSTAIN and c.radius == 0 and not c.certified
         else:
-            assert c.radius == pytest.approx(gaussian_radius(0.25, c.p_lower)) and c.p_lower >= 0.5
+            assert c.radius == pytest.approx(gaussian_radius(c.p_lower, 0.25)) and c.p_lower >= 0.5
     assert sum(c.certified for c in certificates) >= 5
     assert set(model.predict(xs)) <= set(range(10)) | {ABSTAIN}
 
