@@ -30,13 +30,6 @@ TEXTS = [f"the film number {i} was {'good' if i % 2 else 'bad'} and long" for i 
 LABELS = np.arange(40) % 2
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 def poisoner(name, **params):
     config = {**POISONERS.get(name).obj.defaults, "seed": 0, **params}

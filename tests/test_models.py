@@ -30,15 +30,6 @@ IMAGE_MODELS = [("smallcnn", {"width": 4, "feature_dim": 16}), ("resnet18", {"wi
                 ("preact_resnet18", {"width": 4}), ("wrn", {"depth": 10, "widen_factor": 1})]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """These models are tiny: more threads only add synchronisation, which costs seconds when other
-    processes share the cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 def text_task(texts=TEXTS, labels=LABELS) -> Task:
     return Task("fake-text", "text", 2, Split(texts, labels, "train"), Split(texts, labels, "test"),

@@ -22,13 +22,6 @@ TASK = TaskSpec.make("toy-sentiment", {"seed": 0, "n_train": 800, "n_test": 120}
 TRAIN = {"epochs": 6, "batch_size": 32}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 @pytest.fixture(scope="module")
 def task():

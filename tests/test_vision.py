@@ -31,13 +31,6 @@ from benchmark import sanity
 TINY_CNN = ModelSpec.make("smallcnn", {"width": 16, "feature_dim": 64})
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 @pytest.fixture(scope="module")
 def digits():
