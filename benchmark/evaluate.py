@@ -105,15 +105,14 @@ def build_defended(cell: Cell, task, cache_dir: Path, device: torch.device | Non
 
 
 def check_defended(defended, entry, task) -> None:
-    """What `build` returned against the DefendedModel contract, before any example is evaluated."""
+    """What `build` returned against the DefendedModel contract, before any example is evaluated.
+    (`certify` is optional per configuration: a certifying defense may deploy a rule it does not
+    certify, e.g. RanMASK's logit ensemble; cells certify whatever model has the method.)"""
     problems = [f"it has no {method}(xs) method" for method in ("predict", "probs")
                 if not callable(getattr(defended, method, None))]
     if getattr(defended, "num_classes", None) != task.num_classes:
         problems.append(f"its num_classes is {getattr(defended, 'num_classes', None)!r}, the task "
                         f"has {task.num_classes}")
-    if entry.tags.get("certifies") and not callable(getattr(defended, "certify", None)):
-        problems.append("the defense is registered with certifies=True but the model has no "
-                        "certify(xs, ys, alpha, seed) method")
     if problems:
         raise UsageError(f"defense '{entry.name}': build() returned a {type(defended).__name__} that "
                          f"breaks the DefendedModel contract (benchmark/interfaces.py): "
