@@ -133,10 +133,14 @@ def prepare_attack(attack, cell: Cell, task, cache_dir: Path, device: torch.devi
 
 
 def sample_indices(n_available: int, n_examples: int, seed: int) -> np.ndarray:
-    """The fixed, seeded sample of test examples a cell evaluates (sorted, so batches are stable)."""
+    """The fixed, seeded sample of test examples a cell evaluates (sorted, so batches are stable).
+
+    Samples are nested: with one seed, a smaller n_examples takes a subset of a larger one's
+    examples, so an expensive attack run on fewer examples (an attack-level protocol override) can
+    be compared example by example with the cheaper attacks of the same task."""
     rng = np.random.default_rng(seed)
     count = min(n_examples, n_available)
-    return np.sort(rng.choice(n_available, size=count, replace=False))
+    return np.sort(rng.permutation(n_available)[:count])
 
 
 def batch_seed(protocol_seed: int, cell_id: str, batch_index: int) -> int:

@@ -11,11 +11,13 @@ For every (task, defense, model) the image attacks it was evaluated with are com
 - `black-box`: a black-box attack (Square, within AutoAttack) is not stronger than the strongest
   white-box attack at the same budget;
 - `adaptive`: EOT / BPDA attacks are not stronger than plain PGD at the same budget (if they are,
-  the plain white-box numbers of the defense are masked and the adaptive row is the one to read).
+  the plain white-box numbers of the defense are masked and the adaptive row is the one to read);
+- `autoattack`: AutoAttack (white-box) leaves no higher accuracy than PGD at the same budget,
+  compared on the examples both evaluated.
 
 "Stronger" and "higher" mean beyond sampling noise: a one-sided exact test at level ALPHA, paired
-(McNemar, on the examples both cells evaluated) when the two cells share their examples, else
-Fisher's exact test. A check with nothing to compare is "n/a"; a failed check flags the row.
+(McNemar, on the examples both cells evaluated) when one cell's examples contain the other's (the
+evaluator's samples are nested), else Fisher's exact test. A check with nothing to compare is "n/a"; a failed check flags the row.
 """
 from __future__ import annotations
 
@@ -29,7 +31,7 @@ ALPHA = 0.01
 UNBOUNDED_EPS = 1.0     # l-inf radius that covers the [0, 1] box
 UNBOUNDED_MAX_ACC = 0.05  # "about zero": flagged when accuracy is significantly above this
 WHITE_BOX = {"pgd", "cw", "autoattack", "eot-pgd", "bpda-pgd"}
-CHECKS = ("single-step", "more-steps", "unbounded", "black-box", "adaptive")
+CHECKS = ("single-step", "more-steps", "unbounded", "black-box", "adaptive", "autoattack")
 
 
 @dataclass(frozen=True)
@@ -76,9 +78,12 @@ class Run:
 
 
 def significantly_lower(a: Run, b: Run, alpha: float = ALPHA) -> bool:
-    """Is a's accuracy below b's beyond noise (one-sided, level alpha)?"""
+    """Is a's accuracy below b's beyond noise (one-sided, level alpha)?
+
+    Paired on the shared examples when one run's examples contain the other's (the evaluator's
+    samples are nested), else unpaired."""
     shared = sorted(set(a.correct) & set(b.correct))
-    if shared and len(shared) == len(a.correct) == len(b.correct):
+    if shared and len(shared) == min(len(a.correct), len(b.correct)):
         # Paired: among discordant examples, a wrong & b right should not dominate.
         a_only = sum(1 for i in shared if b.correct[i] and not a.correct[i])
         b_only = sum(1 for i in shared if a.correct[i] and not b.correct[i])
@@ -165,9 +170,28 @@ def check_adaptive(runs: list[Run]) -> Check:
     return Check("adaptive", "ok", "; ".join(f"{a.describe()} >= {p.describe()}" for a, p in pairs))
 
 
+def _on_shared(a: Run, b: Run) -> str:
+    shared = sorted(set(a.correct) & set(b.correct))
+    if not shared:
+        return f"{a.describe()} vs {b.describe()}"
+    acc = lambda r: 100 * np.mean([r.correct[i] for i in shared])  # noqa: E731
+    return f"{a.label} {acc(a):.1f}% vs {b.label} {acc(b):.1f}% on {len(shared)} shared examples"
+
+
+def check_autoattack(runs: list[Run]) -> Check:
+    pairs = [(p, a) for a in runs if a.attack == "autoattack" and a.white_box for p in runs
+             if p.attack == "pgd" and _same_budget(a, p)]
+    if not pairs:
+        return Check("autoattack", "n/a", "no AutoAttack and PGD pair at one budget")
+    bad = [_on_shared(a, p) for p, a in pairs if significantly_lower(p, a)]
+    if bad:
+        return Check("autoattack", "flag", "AutoAttack weaker than PGD: " + "; ".join(bad))
+    return Check("autoattack", "ok", "; ".join(_on_shared(a, p) for p, a in pairs))
+
+
 def run_checks(runs: list[Run]) -> list[Check]:
     return [check_single_step(runs), check_more_steps(runs), check_unbounded(runs),
-            check_black_box(runs), check_adaptive(runs)]
+            check_black_box(runs), check_adaptive(runs), check_autoattack(runs)]
 
 
 def run_from_cell(label: str, spec: dict, outcomes: list[dict]) -> Run | None:

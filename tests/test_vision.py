@@ -336,8 +336,22 @@ def test_sanity_checks_flag_violations():
     assert sanity.summarize(list(checks.values())).startswith("FLAG: single-step")
     good = sanity.run_checks([_run("fgsm", "fgsm", {"eps": 0.1}, [1] * 50 + [0] * 50),
                               _run("pgd", "pgd", {"eps": 0.1, "steps": 20}, [1] * 45 + [0] * 55)])
-    assert [c.status for c in good] == ["ok", "n/a", "n/a", "n/a", "n/a"]
-    assert sanity.summarize(good) == "ok (1/5 checks)"
+    assert [c.status for c in good] == ["ok", "n/a", "n/a", "n/a", "n/a", "n/a"]
+    assert sanity.summarize(good) == "ok (1/6 checks)"
+    # Paired on the shared examples when one sample contains the other: AutoAttack on a subset.
+    pgd = _run("pgd", "pgd", {"eps": 0.1, "steps": 20}, [0] * 150 + [1] * 50)
+    weak = sanity.Run("aa", "autoattack", {"eps": 0.1, "attacks": []},
+                      {i: True for i in range(150, 200)} | {i: True for i in range(20)})
+    check = sanity.check_autoattack([pgd, weak])
+    assert check.status == "flag" and "20 shared" not in check.detail and "70 shared" in check.detail
+
+
+def test_samples_are_nested():
+    from benchmark.evaluate import sample_indices
+
+    large, small = set(sample_indices(539, 200, 0)), set(sample_indices(539, 50, 0))
+    assert len(large) == 200 and len(small) == 50 and small <= large
+    assert len(sample_indices(30, 50, 0)) == 30
 
 
 # ---- suites ----
