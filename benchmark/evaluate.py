@@ -351,9 +351,8 @@ def run_backdoor_cell(cell: Cell, suite_name: str, store: Store, task, cache_dir
     unit = defense.tags.get("unit")
     if unit and hasattr(defense.obj, "certificate_threat"):  # e.g. which substitutions, weighted how
         unit = f"{unit} ({defense.obj.certificate_threat(cell.defense.params)})"
-    indices = sample_indices(len(task.test), cell.protocol.n_examples, cell.protocol.seed)
-    size = cell.protocol.batch_size
-    batches = [indices[start:start + size] for start in range(0, len(indices), size)]
+    batches = cell_batches(cell, task)
+    indices = np.concatenate(batches)
     store.open_cell(suite_name, cell, len(batches), poisoner.describe(), unit)
     if store.cell_status(cell.id) == "done":
         return "done"
