@@ -127,7 +127,8 @@ def _summary(metric: str, values: dict) -> str:
     if metric == "certified_radius":
         array = np.array(list(values.values()), dtype=float)
         low, high = median_interval(array, ALPHA)
-        show = lambda v: "N/A" if not np.isfinite(v) else f"{v:g}"  # noqa: E731
+        # None or -infinity is RanMASK's N/A: the median (or bound) example is not certified right
+        show = lambda v: "N/A" if v is None or not np.isfinite(v) else f"{v:g}"  # noqa: E731
         return (f"{show(median_certified(array))} [{show(low)}, {show(high)}] (n={len(array)})"
                 if len(array) else "n/a (n=0)")
     return rate(sum(values.values()), len(values), ALPHA).format()

@@ -21,13 +21,14 @@ model = "smallcnn"
 [defenses.vanilla]
 [defenses.madry]
 [defenses.trades]
+[defenses.mixup]
 [attacks.fgsm]
 [attacks.pgd]
 [attacks.cw]
 """
 
 
-def outcomes(correct_clean, correct_adversarial=None, radius=None):
+def outcomes(correct_clean, correct_adversarial=None, radius=None, abstained=None):
     """Rows for a 2-class sample with alternating labels (so a majority class is right half the time)."""
     rows = []
     for i, clean in enumerate(correct_clean):
@@ -40,7 +41,7 @@ def outcomes(correct_clean, correct_adversarial=None, radius=None):
                      "success": None if adversarial is None else adversarial != label,
                      "certified": None if radius is None else bool(radius[i] >= 0),
                      "radius": None if radius is None else float(max(radius[i], 0)),
-                     "abstained": None if radius is None else False,
+                     "abstained": None if radius is None else bool(abstained and abstained[i]),
                      "extra": {} if radius is None else {"certified_prediction": label}})
     return rows
 
@@ -66,6 +67,9 @@ def setup(tmp_path):
     rng = np.random.default_rng(0)
     write("vanilla", None, outcomes(everything, radius=rng.integers(-1, 3, 100)))
     write("madry", None, outcomes(everything, radius=rng.integers(2, 8, 100)))
+    # mixup abstains on 60 of 100: its median certified robustness is N/A (-infinity)
+    write("mixup", None, outcomes(everything, radius=rng.integers(0, 3, 100),
+                                  abstained=[i < 60 for i in range(100)]))
     write("vanilla", "pgd", outcomes(everything, [i < 5 for i in range(100)]))
     write("madry", "pgd", outcomes(everything, [i < 60 for i in range(100)]))
     write("vanilla", "fgsm", outcomes(everything, [i < 50 for i in range(100)]))
@@ -98,9 +102,11 @@ def test_each_verdict_comes_from_the_stored_outcomes(setup):
               '{ task = "digits", defense = "vanilla", attack = "fgsm" }'),   # 52% vs 50%
         claim("radius", "certified_radius", '{ task = "digits", defense = "madry" }',
               '{ task = "digits", defense = "vanilla" }'),
+        claim("radius-na", "certified_radius", '{ task = "digits", defense = "madry" }',
+              '{ task = "digits", defense = "mixup" }'),
         claim("gpu", "robust_accuracy", '{ task = "digits", defense = "madry", attack = "cw" }',
               vanilla_pgd),
-        claim("absent", "robust_accuracy", '{ task = "digits", defense = "mixup", attack = "pgd" }',
+        claim("absent", "robust_accuracy", '{ task = "digits", defense = "ciiv", attack = "pgd" }',
               vanilla_pgd),
         claim("constant", "robust_accuracy", '{ task = "digits", defense = "trades", attack = "pgd" }',
               vanilla_pgd),
@@ -112,20 +118,21 @@ def test_each_verdict_comes_from_the_stored_outcomes(setup):
     table = build_reproduction(claims, suite, store)
     verdicts = {row["id"]: row["verdict"] for row in table["rows"]}
     assert verdicts == {"robust": "holds", "reversed": "does not hold", "tie": "does not hold",
-                        "radius": "holds", "gpu": "not testable here",
+                        "radius": "holds", "radius-na": "holds", "gpu": "not testable here",
                         "absent": "not testable here", "constant": "not testable here",
                         "cost": "holds", "declared": "not testable here"}
     rows = {row["id"]: row for row in table["rows"]}
     assert "the opposite is significant" in rows["reversed"]["detail"]
     assert "not significant" in rows["tie"]["detail"]
     assert "needs a GPU" in rows["gpu"]["detail"]
-    assert "no cell mixup on digits" in rows["absent"]["detail"]
+    assert "no cell ciiv on digits" in rows["absent"]["detail"]
     assert "not above always predicting the majority class (50.0%)" in rows["constant"]["detail"]
     assert rows["robust"]["ours_better"] == "60.0 [49.7, 69.7] (n=100)"
     assert "McNemar" in rows["robust"]["detail"]
-    assert table["counts"] == {"holds": 3, "does not hold": 2, "not testable here": 4}
+    assert rows["radius-na"]["ours_worse"].startswith("N/A [N/A, ") and "(n=100)" in rows["radius-na"]["ours_worse"]
+    assert table["counts"] == {"holds": 4, "does not hold": 2, "not testable here": 4}
     page = render_reproduction(table)
-    assert page.count("\n| **P**") == 9 and "3 holds, 2 does not hold, 4 not testable here" in page
+    assert page.count("\n| **P**") == 10 and "4 holds, 2 does not hold, 4 not testable here" in page
 
 
 def test_malformed_claims_are_refused_with_the_fix(tmp_path):
