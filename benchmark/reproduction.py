@@ -196,28 +196,31 @@ def evaluate_claim(claim: Claim, suite: Suite, store: Store) -> dict:
            "ours_better": None, "ours_worse": None, "p_value": None}
     if claim.not_testable:
         return {**row, "verdict": "not testable here", "detail": claim.not_testable}
-    values = {}
+    # Both sides are measured before deciding, so the table shows every figure the store has even
+    # when one side makes the claim untestable.
+    values, problems = {}, []
     for key, side in (("better", claim.better), ("worse", claim.worse)):
         cell = _find_cell(suite, side)
         if cell is None:
-            return {**row, "verdict": "not testable here",
-                    "detail": f"suite {suite.name} has no cell {_side_name(side)}"}
+            problems.append(f"suite {suite.name} has no cell {_side_name(side)}")
+            continue
         status = store.cell_status(cell.id)
         if status != "done":
             reason = next((r.reason for r in store.cells(suite.name) if r.cell_id == cell.id), None)
-            return {**row, "verdict": "not testable here",
-                    "detail": f"{_side_name(side)}: " + (f"{status}: {reason}" if reason else
-                                                           f"not run yet ({status or 'not started'})")}
+            problems.append(f"{_side_name(side)}: " + (f"{status}: {reason}" if reason else
+                                                        f"not run yet ({status or 'not started'})"))
+            continue
         outcomes = store.outcomes(cell.id)
         values[key] = _per_example(claim.metric, outcomes)
         row[f"ours_{key}"] = _summary(claim.metric, values[key])
         if not values[key]:
-            return {**row, "verdict": "not testable here",
-                    "detail": f"{_side_name(side)} has no examples for {row['metric']}"}
+            problems.append(f"{_side_name(side)} has no examples for {row['metric']}")
+            continue
         degenerate = _no_better_than_majority(outcomes)
         if degenerate:
-            return {**row, "verdict": "not testable here",
-                    "detail": f"{_side_name(side)}: {degenerate}"}
+            problems.append(f"{_side_name(side)}: {degenerate}")
+    if problems:
+        return {**row, "verdict": "not testable here", "detail": "; ".join(problems)}
     forward, backward, test = _test(claim, values["better"], values["worse"])
     row["p_value"] = forward
     if forward < ALPHA:

@@ -127,6 +127,7 @@ def test_each_verdict_comes_from_the_stored_outcomes(setup):
     assert "needs a GPU" in rows["gpu"]["detail"]
     assert "no cell ciiv on digits" in rows["absent"]["detail"]
     assert "not above always predicting the majority class (50.0%)" in rows["constant"]["detail"]
+    assert rows["constant"]["ours_worse"].startswith("5.0 [")  # the measured side is still shown
     assert rows["robust"]["ours_better"] == "60.0 [49.7, 69.7] (n=100)"
     assert "McNemar" in rows["robust"]["detail"]
     assert rows["radius-na"]["ours_worse"].startswith("N/A [N/A, ") and "(n=100)" in rows["radius-na"]["ours_worse"]
