@@ -21,6 +21,10 @@ file says why not. Tests, per metric:
   -infinity as in MCB): one-sided Mann-Whitney U;
 - a claim with `margin` is a non-inferiority claim ("at a small cost"): `better`'s rate is not
   below `worse`'s by `margin` or more, by the score test for two independent proportions.
+
+A side whose defense fails one of the suite's sanity checks on its task (benchmark/sanity.py: e.g.
+AutoAttack weaker than PGD) keeps the rule's verdict, and the row names the flag: that side's
+attacked figure overstates its robustness.
 """
 from __future__ import annotations
 
@@ -33,6 +37,7 @@ import numpy as np
 from scipy.stats import binomtest, mannwhitneyu
 from statsmodels.stats.proportion import test_proportions_2indep
 
+from benchmark import sanity
 from benchmark.certify import median_certified
 from benchmark.errors import UsageError
 from benchmark.leaderboard import certified_robustness
@@ -185,6 +190,19 @@ def _find_cell(suite: Suite, side: dict):
     return None
 
 
+def _sanity_flags(suite: Suite, store: Store, side: dict) -> list[str]:
+    """The failed sanity checks (benchmark/sanity.py) of an attacked side's defense on its task,
+    computed over the suite's current cells, as the leaderboard computes them."""
+    if not side.get("attack"):
+        return []
+    ids = {cell.id for cell in suite.cells
+           if (cell.task_label, cell.defense_label) == (side["task"], side["defense"])}
+    runs = [sanity.run_from_cell(record.attack or "", record.spec, store.outcomes(record.cell_id))
+            for record in store.cells(suite.name) if record.cell_id in ids and record.status == "done"]
+    checks = sanity.run_checks([run for run in runs if run is not None])
+    return [f"{check.name}: {check.detail}" for check in checks if check.status == "flag"]
+
+
 def _side_name(side: dict) -> str:
     return f"{side['defense']} on {side['task']}" + (f", {side['attack']}" if side.get("attack") else "")
 
@@ -223,10 +241,15 @@ def evaluate_claim(claim: Claim, suite: Suite, store: Store) -> dict:
         return {**row, "verdict": "not testable here", "detail": "; ".join(problems)}
     forward, backward, test = _test(claim, values["better"], values["worse"])
     row["p_value"] = forward
+    # The verdict stays the rule's; a sanity flag on a side's attacks is shown beside it, because
+    # it says that side's attacked figure overstates robustness.
+    flags = [f"sanity flag on {claim_side['defense']} on {claim_side['task']}: {flag}"
+             for claim_side in (claim.better, claim.worse) for flag in _sanity_flags(suite, store, claim_side)]
     if forward < ALPHA:
-        return {**row, "verdict": "holds", "detail": f"{test}, p = {forward:.2g}"}
+        return {**row, "verdict": "holds", "detail": "; ".join([f"{test}, p = {forward:.2g}", *flags])}
     direction = ("the opposite is significant" if backward < ALPHA else "not significant")
-    return {**row, "verdict": "does not hold", "detail": f"{test}, p = {forward:.2g} ({direction})"}
+    return {**row, "verdict": "does not hold",
+            "detail": "; ".join([f"{test}, p = {forward:.2g} ({direction})", *flags])}
 
 
 def build_reproduction(claims: list[Claim], suite: Suite, store: Store) -> dict:
@@ -247,7 +270,9 @@ def render_reproduction(table: dict) -> str:
         f"for certified radii, a score test against the stated margin for \"small cost\" claims); "
         f"it **does not hold** when both cells were measured and the test does not reject; it is "
         f"**not testable here** when a cell was not run or its classifier is no better than always "
-        f"predicting the majority class (reason given). Our figures are rates in % "
+        f"predicting the majority class (reason given). A failed sanity check of a side's "
+        f"defense (leaderboard.md, \"Sanity checks\") is named beside the verdict: that side's "
+        f"attacked figure overstates its robustness. Our figures are rates in % "
         f"with 95% Clopper-Pearson intervals, or medians with 95% order-statistic intervals, and n. "
         f"The papers' figures are at their scale (pretrained models, full data, GPUs); ours are at "
         f"the suite's, so only directions are compared.", "",

@@ -24,7 +24,10 @@ model = "smallcnn"
 [defenses.mixup]
 [attacks.fgsm]
 [attacks.pgd]
+params = { eps = 0.1 }
 [attacks.cw]
+[attacks.autoattack]
+params = { eps = 0.1 }
 """
 
 
@@ -75,6 +78,8 @@ def setup(tmp_path):
     write("vanilla", "fgsm", outcomes(everything, [i < 50 for i in range(100)]))
     write("madry", "fgsm", outcomes(everything, [i < 52 for i in range(100)]))
     write("madry", "cw", [], status="not_run", reason="needs a GPU")
+    # AutoAttack leaving madry more accurate than PGD at the same budget fails a sanity check
+    write("madry", "autoattack", outcomes(everything, [i < 90 for i in range(100)]))
     # trades predicts one class: right on the half of the examples labelled 0, whatever happens
     write("trades", "pgd", outcomes([i % 2 == 0 for i in range(100)], [i % 2 == 0 for i in range(100)]))
     return suite, store, tmp_path
@@ -130,6 +135,8 @@ def test_each_verdict_comes_from_the_stored_outcomes(setup):
     assert rows["constant"]["ours_worse"].startswith("5.0 [")  # the measured side is still shown
     assert rows["robust"]["ours_better"] == "60.0 [49.7, 69.7] (n=100)"
     assert "McNemar" in rows["robust"]["detail"]
+    assert "sanity flag on madry on digits: autoattack: AutoAttack weaker than PGD" \
+        in rows["robust"]["detail"] and "sanity flag" not in rows["radius"]["detail"]
     assert rows["radius-na"]["ours_worse"].startswith("N/A [N/A, ") and "(n=100)" in rows["radius-na"]["ours_worse"]
     assert table["counts"] == {"holds": 4, "does not hold": 2, "not testable here": 4}
     page = render_reproduction(table)
