@@ -209,8 +209,10 @@ def build_leaderboard(store: Store, suite: str, submissions: list[dict] = (),
                  "reason": r.reason} for r in current if r.status in ("failed", "not_run")]
     runs = store.runs(suite)
     manifest = {k: runs[-1]["manifest"].get(k) for k in MANIFEST_KEYS} if runs else {}
+    history = [{"started_at": run["started_at"], "git_commit": run["manifest"].get("git_commit"),
+                "git_dirty": run["manifest"].get("git_dirty")} for run in runs]
     return {"suite": suite, "interval": "95% Clopper-Pearson", "manifest": manifest,
-            "tables": ordered, "not_run": not_done}
+            "runs": history, "tables": ordered, "not_run": not_done}
 
 
 COLUMNS = [("clean_accuracy", "clean acc %"), ("robust_accuracy", "acc under attack %"),
@@ -291,6 +293,21 @@ def sanity_section(board: dict) -> list[str]:
         + lines + [""]
 
 
+def run_history(board: dict) -> str | None:
+    """A resumed suite is measured over several runs, possibly at several commits: name them all,
+    so a page never attributes every cell to the latest run's commit. None for a single run."""
+    history = board.get("runs", [])
+    if len(history) < 2:
+        return None
+    commits = list(dict.fromkeys(f"{run['git_commit'][:7]}" + (" (dirty)" if run["git_dirty"] else "")
+                                 for run in history))
+    return (f"Measured over {len(history)} runs sharing this store (resumed or concurrent), started "
+            f"from {history[0]['started_at'][:16]} to {history[-1]['started_at'][:16]} UTC, at "
+            f"commits {', '.join(commits)}; the commit above is the latest run's. A cell's batches "
+            "may come from any of them; cells are keyed by their configuration's hash, so each row "
+            "has one configuration.")
+
+
 def render_markdown(board: dict) -> str:
     lines = [f"# Leaderboard: suite `{board['suite']}`", "",
              f"Every rate is a percentage with its {board['interval']} interval and sample count n. "
@@ -301,6 +318,9 @@ def render_markdown(board: dict) -> str:
         lines += [f"Measured at commit `{manifest.get('git_commit')}` on {manifest.get('device')}, "
                   f"torch {manifest.get('packages', {}).get('torch')}, suite sha256 "
                   f"`{(manifest.get('suite_sha256') or '')[:12]}`.", ""]
+    history = run_history(board)
+    if history:
+        lines += [history, ""]
     task = None
     for table in board["tables"]:
         if table["task"] != task:

@@ -14,7 +14,7 @@ import math
 import re
 from pathlib import Path
 
-from benchmark.leaderboard import COLUMNS, table_columns
+from benchmark.leaderboard import COLUMNS, run_history, table_columns
 
 GENERATOR = "rbench leaderboard --html"
 RATE_METRICS = {"clean_accuracy", "robust_accuracy", "attack_success_rate", "certified_accuracy",
@@ -396,6 +396,9 @@ def render_index(board: dict) -> str:
                      f'suite sha256 {esc((manifest.get("suite_sha256") or "")[:12])}. Files: '
                      f'<a href="leaderboard.json">json</a>, <a href="leaderboard.csv">csv</a>, '
                      f'<a href="leaderboard.md">markdown</a>.</p>')
+    history = run_history(board)
+    if history:
+        parts.append(f'<p class="small muted">{esc(history)}</p>')
     task = None
     for table in board["tables"]:
         if table["task"] != task:

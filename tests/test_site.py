@@ -6,7 +6,7 @@ import os
 import numpy as np
 import pytest
 
-from benchmark.leaderboard import build_leaderboard, certified_curve
+from benchmark.leaderboard import build_leaderboard, certified_curve, render_markdown
 from benchmark.site import GENERATOR, nice_ticks, write_site
 from benchmark.specs import AttackSpec, Cell, DefenseSpec, ModelSpec, Protocol, TaskSpec
 from benchmark.store import Store
@@ -56,7 +56,13 @@ def fill_store(path, suite="mini") -> Store:
 @pytest.fixture(scope="module")
 def site(tmp_path_factory):
     root = tmp_path_factory.mktemp("site")
-    board = build_leaderboard(fill_store(root / "store.sqlite"), "mini")
+    store = fill_store(root / "store.sqlite")
+    # the suite was measured in two runs, the second from a modified checkout
+    store.add_run("mini", "2026-11-01T10:00:00+00:00", {"git_commit": "a" * 40, "git_dirty": False,
+                                                        "device": "cpu (2 cores)"})
+    store.add_run("mini", "2026-11-02T11:30:00+00:00", {"git_commit": "b" * 40, "git_dirty": True,
+                                                        "device": "cpu (2 cores)"})
+    board = build_leaderboard(store, "mini")
     pgd = next(t for t in board["tables"] if t["threat_id"] == PGD.threat_id)
     # Sanity flags come from another part of the suite; the page renders whatever rows carry.
     pgd["rows"][0]["flags"] = ["iterative attack weaker than single-step",
@@ -108,6 +114,11 @@ def test_index_links_every_table(site, page):
     page.goto((root / "index.html").as_uri())
     links = page.locator("table.threat-models a")
     assert links.count() == len(board["tables"]) == 2
+    header = page.locator("p.small.muted").all_inner_texts()
+    assert "Measured at commit " + "b" * 40 in header[0]
+    assert ("Measured over 2 runs sharing this store (resumed or concurrent), started from "
+            "2026-11-01T10:00 to 2026-11-02T11:30 UTC, at commits aaaaaaa, bbbbbbb (dirty)") in header[1]
+    assert header[1] in render_markdown(board)  # leaderboard.md says the same
     links.filter(has_text="pgd").click()
     assert page.url.endswith(f"digits--{PGD.threat_id}.html")
     assert "PGD-10, linf eps=0.1" in page.locator(".constraints").inner_text()
