@@ -316,7 +316,7 @@ def render_markdown(board: dict) -> str:
     manifest = board["manifest"]
     if manifest:
         lines += [f"Measured at commit `{manifest.get('git_commit')}` on {manifest.get('device')}, "
-                  f"torch {manifest.get('packages', {}).get('torch')}, suite sha256 "
+                  f"torch {(manifest.get('packages') or {}).get('torch')}, suite sha256 "
                   f"`{(manifest.get('suite_sha256') or '')[:12]}`.", ""]
     history = run_history(board)
     if history:
@@ -325,7 +325,7 @@ def render_markdown(board: dict) -> str:
     for table in board["tables"]:
         if table["task"] != task:
             task = table["task"]
-            source = manifest.get("data", {}).get(task, {}).get("source", "")
+            source = ((manifest.get("data") or {}).get(task) or {}).get("source", "")
             lines += [f"## {task}", "", f"Data: {source}.", ""] if source else [f"## {task}", ""]
         title = "clean inputs" if table["threat_id"] == "clean" else f"{table['attack']} (`{table['threat_id']}`)"
         if table.get("kind") == "backdoor":
