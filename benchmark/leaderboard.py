@@ -299,8 +299,9 @@ def run_history(board: dict) -> str | None:
     history = board.get("runs", [])
     if len(history) < 2:
         return None
-    commits = list(dict.fromkeys(f"{run['git_commit'][:7]}" + (" (dirty)" if run["git_dirty"] else "")
-                                 for run in history))
+    # git_commit is None outside a git checkout (an installed package)
+    commits = list(dict.fromkeys((run["git_commit"] or "no git")[:7]
+                                 + (" (dirty)" if run["git_dirty"] else "") for run in history))
     return (f"Measured over {len(history)} runs sharing this store (resumed or concurrent), started "
             f"from {history[0]['started_at'][:16]} to {history[-1]['started_at'][:16]} UTC, at "
             f"commits {', '.join(commits)}; the commit above is the latest run's. A cell's batches "
