@@ -44,7 +44,7 @@ def command_run(args) -> int:
 
 def command_leaderboard(args) -> int:
     from benchmark.leaderboard import write_leaderboard
-    from benchmark.reproduction import write_reproduction
+    from benchmark.reproduction import verdict_counts, write_reproduction
     from benchmark.store import Store
     from benchmark.submit import load_submissions
     from benchmark.suite import load_suite
@@ -62,12 +62,11 @@ def command_leaderboard(args) -> int:
           + (f", with {len(submissions)} submitted entries" if submissions else ""))
     reproduction = write_reproduction(suite, store, out_dir)
     if reproduction is not None:
-        counts = ", ".join(f"{n} {verdict}" for verdict, n in reproduction["counts"].items())
-        print(f"wrote {out_dir / 'REPRODUCTION.md'}: {counts}")
+        print(f"wrote {out_dir / 'REPRODUCTION.md'}: {verdict_counts(reproduction)}")
     if args.html:
         from benchmark.site import write_site
 
-        pages = write_site(board, out_dir)
+        pages = write_site(board, out_dir, reproduction)
         print(f"wrote {len(pages)} pages; open {out_dir / 'index.html'} in a browser")
     print((out_dir / "leaderboard.md").read_text())
     return 0

@@ -15,6 +15,7 @@ import re
 from pathlib import Path
 
 from benchmark.leaderboard import COLUMNS, run_history, table_columns
+from benchmark.reproduction import rule_text, verdict_counts
 
 GENERATOR = "rbench leaderboard --html"
 RATE_METRICS = {"clean_accuracy", "robust_accuracy", "attack_success_rate", "certified_accuracy",
@@ -383,7 +384,29 @@ def headline(table: dict) -> str:
     return ""
 
 
-def render_index(board: dict) -> str:
+def render_reproduction_page(reproduction: dict) -> str:
+    """The reproduction table (benchmark/reproduction.py) as a sortable page."""
+    rows = "".join(
+        f'<tr class="{esc(slug(row["verdict"]))}">'
+        f'<td><b>{esc(row["paper"])}</b>: {esc(row["statement"])}</td>'
+        f'<td>{esc(row["metric"])}: {esc(row["better"])} vs {esc(row["worse"])}</td>'
+        f'<td>{esc(row["paper_figure"])}</td><td>{esc(row["ours_better"] or "")}</td>'
+        f'<td>{esc(row["ours_worse"] or "")}</td><td>{esc(row["verdict"])}</td>'
+        f'<td>{esc(row["detail"])}</td></tr>' for row in reproduction["rows"])
+    body = (f'<h1>Reproduction of the seeds\' claims: suite {esc(reproduction["suite"])}</h1>'
+            f'<p><a href="index.html">leaderboard</a> · Verdicts: {esc(verdict_counts(reproduction))}. '
+            f'Suite sha256 {esc(reproduction["suite_sha256"][:12])}; files: '
+            f'<a href="REPRODUCTION.md">markdown</a>, <a href="reproduction.json">json</a>.</p>'
+            f'<p class="small muted">{esc(rule_text(reproduction))}</p>'
+            '<table class="sortable reproduction"><thead><tr><th data-type="text">claim</th>'
+            '<th data-type="text">compared</th><th data-type="text">paper\'s figure</th>'
+            '<th data-type="text">ours: better side</th><th data-type="text">ours: other side</th>'
+            '<th data-type="text">verdict</th><th data-type="text">test</th></tr></thead>'
+            f'<tbody>{rows}</tbody></table>')
+    return page(f"rbench reproduction: {reproduction['suite']}", body)
+
+
+def render_index(board: dict, reproduction: dict | None = None) -> str:
     manifest = board.get("manifest") or {}
     parts = [f"<h1>Leaderboard: suite {esc(board['suite'])}</h1>",
              f'<p>One page per task and threat model. Every rate carries its sample count n and '
@@ -399,6 +422,9 @@ def render_index(board: dict) -> str:
     history = run_history(board)
     if history:
         parts.append(f'<p class="small muted">{esc(history)}</p>')
+    if reproduction is not None:
+        parts.append(f'<p><a href="reproduction.html">Reproduction of the seeds\' claims</a>: '
+                     f'{esc(verdict_counts(reproduction))}.</p>')
     task = None
     for table in board["tables"]:
         if table["task"] != task:
@@ -434,14 +460,17 @@ def defense_colours(board: dict) -> dict:
     return {name: PALETTE[i % len(PALETTE)] for i, name in enumerate(names)}
 
 
-def write_site(board: dict, out_dir: Path) -> list[Path]:
-    """Write index.html and a page per table into `out_dir`; pages this command wrote earlier for
-    tables that no longer exist are removed. Returns the paths written."""
+def write_site(board: dict, out_dir: Path, reproduction: dict | None = None) -> list[Path]:
+    """Write index.html, a page per table and, given the reproduction table, reproduction.html into
+    `out_dir`; pages this command wrote earlier that no longer exist are removed. Returns the paths
+    written."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     colours = defense_colours(board)
     pages = {page_name(table): render_table_page(board, table, colours) for table in board["tables"]}
-    pages["index.html"] = render_index(board)
+    pages["index.html"] = render_index(board, reproduction)
+    if reproduction is not None:
+        pages["reproduction.html"] = render_reproduction_page(reproduction)
     marker = f'<meta name="generator" content="{esc(GENERATOR)}">'
     for old in out_dir.glob("*.html"):
         if old.name not in pages and marker in old.read_text(errors="replace")[:1000]:

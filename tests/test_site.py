@@ -225,3 +225,30 @@ def test_backdoor_and_ranmask_tables_get_their_columns_and_legends(tmp_path):
     words = next(t for t in board["tables"] if "words" in t["certificate_units"])
     html = render_table_page(board, words, defense_colours(board))
     assert "MCB (words)" in html and "median certified robustness" in html
+
+
+def test_reproduction_page_is_linked_and_escaped(tmp_path, page):
+    """Given the reproduction table, the index links its page, which lists every claim with its
+    verdict and escapes what the claims file says."""
+    board = build_leaderboard(fill_store(tmp_path / "store.sqlite"), "mini")
+    row = {"paper": "P (2024), Table 1", "metric": "accuracy under attack",
+           "better": "a on digits, pgd", "worse": "b on digits, pgd", "paper_figure": "+3 points",
+           "ours_better": "60.0 [49.7, 69.7] (n=100)", "ours_worse": "5.0 [1.6, 11.3] (n=100)",
+           "verdict": "holds", "detail": "one-sided paired McNemar"}
+    reproduction = {"suite": "mini", "suite_sha256": "0" * 64, "alpha": 0.05,
+                    "counts": {"holds": 1, "does not hold": 1, "not testable here": 0},
+                    "rows": [{**row, "statement": "a beats b"},
+                             {**row, "statement": "<script>window.pwned=1</script>",
+                              "verdict": "does not hold"}]}
+    write_site(board, tmp_path, reproduction)
+    page.goto((tmp_path / "index.html").as_uri())
+    link = page.locator("a", has_text="Reproduction of the seeds' claims")
+    assert "1 holds, 1 does not hold, 0 not testable here" in page.locator("body").inner_text()
+    link.click()
+    assert page.url.endswith("reproduction.html")
+    rows = page.locator("table.reproduction tbody tr")
+    assert rows.count() == 2
+    assert "a beats b" in rows.nth(0).inner_text() and "holds" in rows.nth(0).inner_text()
+    assert "<script>window.pwned=1</script>" in rows.nth(1).inner_text()
+    assert page.evaluate("window.pwned") is None
+    assert "Rule: a claim holds when" in page.locator("p.small.muted").inner_text()
