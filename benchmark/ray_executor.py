@@ -83,7 +83,6 @@ def _setup(plugins: list[tuple[str, str]], num_cpus: float) -> None:
     import torch
 
     from benchmark.registry import load_plugin_file
-
     from benchmark.train import deterministic_torch
 
     torch.set_num_threads(max(1, int(num_cpus)))

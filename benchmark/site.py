@@ -47,6 +47,8 @@ def metric_help(table: dict, name: str) -> str:
     if table.get("kind") == "backdoor" and name in BACKDOOR_HELP:
         return BACKDOOR_HELP[name]
     return METRIC_HELP[name]
+
+
 # Colour-blind-safe palette (Okabe & Ito), then darker repeats.
 PALETTE = ["#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#000000", "#7F3C8D",
            "#11A579", "#3969AC", "#F2B701", "#E73F74"]
@@ -387,8 +389,7 @@ def headline(table: dict) -> str:
 def render_reproduction_page(reproduction: dict) -> str:
     """The reproduction table (benchmark/reproduction.py) as a sortable page."""
     rows = "".join(
-        f'<tr class="{esc(slug(row["verdict"]))}">'
-        f'<td><b>{esc(row["paper"])}</b>: {esc(row["statement"])}</td>'
+        f'<tr><td><b>{esc(row["paper"])}</b>: {esc(row["statement"])}</td>'
         f'<td>{esc(row["metric"])}: {esc(row["better"])} vs {esc(row["worse"])}</td>'
         f'<td>{esc(row["paper_figure"])}</td><td>{esc(row["ours_better"] or "")}</td>'
         f'<td>{esc(row["ours_worse"] or "")}</td><td>{esc(row["verdict"])}</td>'

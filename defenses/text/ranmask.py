@@ -97,7 +97,8 @@ def mask_words(words: list[str], keep: np.ndarray, mask_token: str) -> str:
 
 
 class MaskedSmoothing(SmoothedText):
-    """Uniform masking, deployed as a logit ensemble (no certificate: the bound is about the vote)."""
+    """Masked smoothing without a certificate: uniform masking deployed as a logit ensemble (the
+    bound is about the vote), and the base of the certifying and the LM-masking deployments."""
 
     unit = "words"
 

@@ -98,9 +98,10 @@ def distinct_rows(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 class SmoothedText:
-    """A smoothed text classifier. Subclasses define the noise: `plan(text)` (or `plans(xs)`), `sample(plan, n, rng)`
-    (an n x h integer matrix), `render_ids(plan, rows)` and `render_texts(plan, rows)`, and the
-    certificate: `certificate(plan, counts0, noisy, label, alpha, rng)`.
+    """A smoothed text classifier. Subclasses define the noise: `plan(text)` (or `plans(xs)`),
+    `sample(plan, n, rng)` (an n x h integer matrix), `render_ids(plan, rows)` and
+    `render_texts(plan, rows)`, and the certificate: `certificate(plan, counts0, noisy, label,
+    alpha, rng)`.
 
     Certificates bound the vote of the base classifier, so only the vote-ensemble deployment (a
     subclass setting `certify = SmoothedText.certify_votes`) certifies: a logit ensemble can decide
