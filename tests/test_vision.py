@@ -201,13 +201,72 @@ def test_white_box_attacks_reach_vanilla(digits, tmp_path):
 def test_adversarial_training_defenses_train_and_deploy(digits, tmp_path):
     for name, params in [("madry", {"eps": 0.2, "steps": 2}), ("trades", {"eps": 0.2, "steps": 2}),
                          ("mixup", {}), ("causaladv-m", {"eps": 0.2, "steps": 2, "lambda": 0.3}),
-                         ("causaladv-t", {"eps": 0.2, "steps": 2, "lambda": 0.3})]:
+                         ("causaladv-t", {"eps": 0.2, "steps": 2, "lambda": 0.3}),
+                         ("causaladv-m", {"eps": 0.2, "steps": 2, "lambda": 0.3,
+                                          "objective": "reference"})]:
         model = build_defense(name, digits, tmp_path, epochs=3, lr=3e-3, **params)
         assert isinstance(model, DefendedModel) and isinstance(model, Differentiable)
         assert accuracy(model, digits.test.xs, digits.test.ys) > 0.2, name
     assert DEFENSES.get("trades").obj.defaults["beta"] == 6.0
-    assert DEFENSES.get("causaladv-t").obj.defaults["beta"] == 6.0
-    assert DEFENSES.get("causaladv-m").obj.defaults["beta"] == 1.0
+    # CausalAdv: the paper's beta weighs the natural style term (1.0, App. D); TRADES' is its own key.
+    for name, trades_beta in [("causaladv-m", 1.0), ("causaladv-t", 6.0)]:
+        defaults = DEFENSES.get(name).obj.defaults
+        assert (defaults["objective"], defaults["beta"], defaults["trades_beta"]) == (
+            "paper", 1.0, trades_beta)
+
+
+def _causaladv_trainer(digits, objective, mode="m", lam=1.0):
+    from defenses.vision.causaladv import CausalAdvTrainer, _CausalAdv
+
+    torch.manual_seed(0)
+    model = build_model(TINY_CNN, digits)
+    config = {**_CausalAdv.defaults, "eps": 0.2, "steps": 3, "objective": objective,
+              "trades_beta": 6.0 if mode == "t" else 1.0, "lambda": lam}
+    trainer = CausalAdvTrainer(model, digits.num_classes, config, mode, seed=0)
+    trainer.on_epoch_start(config["epochs"])  # full lambda and ratio
+    return model, trainer
+
+
+@pytest.mark.parametrize("mode", ["m", "t"])
+def test_causaladv_paper_attack_maximises_the_classification_loss_only(digits, mode):
+    """Eq. 2: the training perturbation attacks h's classification loss, so g cannot change it;
+    the reference's attack also maximises the style term, so g does (lambda is large here so the
+    style term's gradient decides signs)."""
+    x = torch.as_tensor(digits.train.xs[:16])
+    y = torch.as_tensor(digits.train.ys[:16])
+    for objective, g_matters in [("paper", False), ("reference", True)]:
+        model, trainer = _causaladv_trainer(digits, objective, mode, lam=1e3)
+        features = model.features(x).detach()
+        basis = trainer.basis.update(features, model.head.weight.detach())
+        trainer.g(torch.zeros(4, features.shape[1]), y[:4], 0.0, update_covariance=True)
+        torch.manual_seed(1)
+        before = trainer.adversarial(model, x, y, basis)
+        with torch.no_grad():
+            for p in trainer.g.parameters():
+                p.add_(torch.randn_like(p))
+        torch.manual_seed(1)
+        after = trainer.adversarial(model, x, y, basis)
+        assert (not torch.equal(before, after)) == g_matters, objective
+
+
+def test_causaladv_paper_objective_trains_g_jointly_with_h(digits):
+    """Eq. 11 is minimised over (theta, W_g): g moves along the gradient of the whole loss."""
+    model, trainer = _causaladv_trainer(digits, "paper")
+    x = torch.as_tensor(digits.train.xs[:32])
+    y = torch.as_tensor(digits.train.ys[:32])
+    start = [p.detach().clone() for p in trainer.g.parameters()]
+    loss = trainer(model, x, y)
+    loss.backward()
+    gradient = [p.grad.clone() for p in trainer.g.parameters()]
+    assert any(g.abs().sum() > 0 for g in gradient)
+    trainer(model, x, y)  # the next step applies g's update from the previous loss
+    moved = [p.detach() - s for p, s in zip(trainer.g.parameters(), start)]
+    assert any(m.abs().sum() > 0 for m in moved)
+
+
+def test_causaladv_unknown_objective_is_an_error(digits):
+    with pytest.raises(UsageError, match="objective must be one of paper, reference"):
+        _causaladv_trainer(digits, "printed")
 
 
 def test_sgd_schedule_and_augmentation():
