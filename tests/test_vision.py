@@ -553,3 +553,34 @@ def test_paper_suites_dry_run(tmp_path, suite_name):
         model = build_defense(cell.defense.name, small, tmp_path / cell.defense.name,
                               model=stand_in, **params)
         assert model.predict(small.test.xs).shape == (4,)
+
+
+def test_best_checkpoint_keeps_the_epoch_with_the_highest_validation_pgd_accuracy(digits, tmp_path):
+    """checkpoint = "best" (Rice et al. 2020): selected on a validation split carved from the
+    training data, so the test split never chooses the model."""
+    from defenses.vision.common import BestCheckpoint, validation_split
+
+    train_index, validation_index = validation_split(len(digits.train), seed=0)
+    assert not set(train_index) & set(validation_index)
+    assert len(validation_index) == round(0.1 * len(digits.train))
+    assert set(train_index) | set(validation_index) == set(range(len(digits.train)))
+    seen = []
+    original = BestCheckpoint.update
+
+    def recording(self, epoch):
+        original(self, epoch)
+        seen.append(self)
+
+    BestCheckpoint.update = recording
+    try:
+        model = build_defense("madry", digits, tmp_path, epochs=4, lr=3e-3, eps=0.2, steps=2,
+                              checkpoint="best")
+    finally:
+        BestCheckpoint.update = original
+    keeper = seen[-1]
+    assert len(keeper.history) == 4
+    assert keeper.robust_accuracy() == max(keeper.history)
+    assert model.module is keeper.module
+    with pytest.raises(UsageError, match="checkpoint must be one of last, best"):
+        build_defense("madry", digits, tmp_path / "other", epochs=1, eps=0.2, steps=2,
+                      checkpoint="first")
