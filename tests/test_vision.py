@@ -584,3 +584,33 @@ def test_best_checkpoint_keeps_the_epoch_with_the_highest_validation_pgd_accurac
     with pytest.raises(UsageError, match="checkpoint must be one of last, best"):
         build_defense("madry", digits, tmp_path / "other", epochs=1, eps=0.2, steps=2,
                       checkpoint="first")
+
+
+def test_autoattack_rand_is_the_reference_version_for_randomized_defenses(digits, tmp_path):
+    """version = "rand": APGD-CE and APGD-DLR with EOT over 20 draws, on the defense's own random
+    draws through its BPDA surrogate; refused for a deterministic model (nothing to average)."""
+    from benchmark.errors import NotApplicable
+
+    attack = make_attack("autoattack", version="rand", eps=0.2)
+    built = attack.build(Unfoolable(), 10, "cpu", seed=0)
+    assert built.version == "rand" and built.attacks_to_run == ["apgd-ce", "apgd-dlr"]
+    assert built.apgd.eot_iter == 20 and built.apgd.n_restarts == 1 and built.apgd.n_iter == 100
+    assert attack.queries(10) == 2 * 100 * 20
+    assert "20 random draws" in attack.describe() and "BPDA" in attack.describe()
+    with pytest.raises(UsageError, match="draws does not apply to version = 'rand'"):
+        make_attack("autoattack", version="rand", draws=4)
+    smoothed = build_defense("randomized-smoothing", digits, tmp_path, epochs=5, lr=3e-3,
+                             n_predict=20, alpha_predict=0.1)
+    right = np.flatnonzero(smoothed.predict(digits.test.xs[:40]) == digits.test.ys[:40])[:4]
+    assert len(right)
+    xs, ys = digits.test.xs[right], digits.test.ys[right]
+    calls = []
+    surrogate = smoothed.logits
+    smoothed.logits = lambda x: calls.append(1) or surrogate(x)  # count the draws it takes
+    outcomes = attack.run(smoothed, xs, ys, seed=0)
+    assert len(calls) > 100 * 20  # fresh draws at every EOT step, no fixed-draw cap
+    adversarial = np.stack([o.adversarial for o in outcomes])
+    assert np.abs(adversarial - xs).max() <= 0.2 + 1e-5
+    deterministic = build_defense("vanilla", digits, tmp_path / "vanilla", epochs=1)
+    with pytest.raises(NotApplicable, match="deterministic"):
+        attack.run(deterministic, xs, ys, seed=0)
