@@ -192,7 +192,8 @@ def read_baseline(path: Path, suite) -> dict:
     if not isinstance(baseline, dict) or baseline.get("format") != FORMAT:
         raise UsageError(f"{path} is not an rbench regress baseline (expected \"format\": "
                          f"\"{FORMAT}\": a leaderboard.json has no per-example outcomes to pair "
-                         f"the runs on); {rewrite}")
+                         f"the runs on); write one with `rbench regress --suite {suite.name} "
+                         f"--write-baseline <baseline.json>`")
     if baseline.get("suite") != suite.name:
         raise UsageError(f"baseline {path} is for suite '{baseline.get('suite')}', not "
                          f"'{suite.name}'; {rewrite}")

@@ -164,7 +164,7 @@ def test_a_baseline_that_cannot_decide_exits_2(tmp_path, capsys, case, content, 
     baseline = write(tmp_path / "baseline.json", content)
     assert main(["regress", "--suite", str(SUITE), "--baseline", baseline]) == 2, case
     err = capsys.readouterr().err
-    assert message in err and "--write-baseline" in err
+    assert message in err and "--write-baseline" in err, case
 
 
 def test_regress_options_and_an_empty_leaderboard_are_usage_errors(tmp_path, capsys):
@@ -325,3 +325,32 @@ def test_weakened_defense_fails(fresh_cache, tmp_path, capsys):
     assert {("digits", "vanilla", "clean_accuracy"), ("toy-sentiment", "vanilla", "benign_accuracy")} \
         <= regressed
     assert not any(row["defense"] == "madry" for row in rows if row["verdict"] == "REGRESSED")
+
+
+def test_the_ci_recipe_runs_as_written(capsys):
+    # The workflow's gate command, its variables filled in with the example's files, parses; its
+    # suite loads with the example plugin; and the example baseline is one for that suite.
+    import re
+    import shlex
+
+    from benchmark.cli import build_parser
+    from benchmark.registry import load_plugin_file
+    from benchmark.regress import read_baseline
+    from benchmark.suite import load_suite
+
+    workflow = (REPO_ROOT / "examples" / "ci" / "rbench-regress.yml").read_text()
+    command = re.search(r"^\s*(rbench regress .*?)\n\s*-", workflow.replace("\\\n", " "),
+                        re.S | re.M).group(1)
+    files = {"$SUITE": "examples/ci/my-gate.toml", "$PLUGIN": "examples/my_defense.py",
+             "$BASELINE": "examples/ci/baseline.json", "$GITHUB_STEP_SUMMARY": "summary.md"}
+    for variable, value in files.items():
+        command = command.replace(f'"{variable}"', value)
+    args = build_parser().parse_args(shlex.split(command)[1:])
+    assert (args.suite, args.command_plugins, args.baseline, args.summary, args.junit) == (
+        "examples/ci/my-gate.toml", ["examples/my_defense.py"], "examples/ci/baseline.json",
+        "summary.md", "rbench-regress.xml")
+    load_plugin_file(REPO_ROOT / args.command_plugins[0])
+    suite = load_suite(str(REPO_ROOT / args.suite))
+    assert {cell.defense.name for cell in suite.cells} == {"gaussian-augment", "vanilla"}
+    assert read_baseline(REPO_ROOT / args.baseline, suite)["defenses"]["gaussian-augment"][
+        "file"] == "examples/my_defense.py"
