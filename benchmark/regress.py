@@ -57,15 +57,11 @@ def example_values(record, outcomes: list[dict]) -> dict[str, str]:
     (-inf for RanMASK's N/A). Encoded one string per metric, aligned with `index`."""
     from benchmark.leaderboard import backdoor_metrics, cell_metrics
 
-    # the same dispatch as build_leaderboard's rows
-    backdoor = record.spec.get("poison") is not None
-    if backdoor:
-        def metrics_of(items):
-            return backdoor_metrics(items)
+    if record.spec.get("poison") is not None:  # the same dispatch as build_leaderboard's rows
+        singles = [backdoor_metrics([outcome]) for outcome in outcomes]
     else:
-        def metrics_of(items):
-            return cell_metrics(items, record.attack is not None, record.certificate_unit)
-    singles = [metrics_of([outcome]) for outcome in outcomes]
+        singles = [cell_metrics([outcome], record.attack is not None, record.certificate_unit)
+                   for outcome in outcomes]
     names = {name for single in singles for name in single if metric(name).direction}
     values = {name: [] for name in sorted(names)}
     for single in singles:
