@@ -283,14 +283,15 @@ def test_a_users_plugin_is_gated_with_markdown_and_junit_reports(tmp_path, monke
 
 
 @pytest.fixture(scope="module")
-def fresh_cache(tmp_path_factory):
-    """Nothing cached at first: the gate re-trains, as it does on a clean CI machine (the tests
-    below share it, so the weakened run trains only what it changed)."""
+def fresh_run(tmp_path_factory):
+    """Nothing cached at first: the gate re-trains, as it does on a clean CI machine. The store of
+    that run is kept, so the weakened run below computes only the cells it changed."""
     import os
 
     before = os.environ["RBENCH_CACHE"]
-    os.environ["RBENCH_CACHE"] = str(tmp_path_factory.mktemp("ci-cache"))
-    yield
+    folder = tmp_path_factory.mktemp("ci-run")
+    os.environ["RBENCH_CACHE"] = str(folder / "cache")
+    yield folder / "ci-regress.sqlite"
     os.environ["RBENCH_CACHE"] = before
 
 
@@ -302,8 +303,9 @@ def report_table(out: str) -> list[dict]:
             for line in lines[2:]]
 
 
-def test_unchanged_run_passes_the_committed_baseline(fresh_cache, capsys):
-    assert main(["regress", "--suite", "ci-regress", "--baseline", str(BASELINE)]) == 0
+def test_unchanged_run_passes_the_committed_baseline(fresh_run, capsys):
+    assert main(["regress", "--suite", "ci-regress", "--baseline", str(BASELINE),
+                 "--store", str(fresh_run)]) == 0
     out = capsys.readouterr().out
     assert "**passed**" in out and "REGRESSED" not in out
     # every gated kind of metric is tested
@@ -313,12 +315,18 @@ def test_unchanged_run_passes_the_committed_baseline(fresh_cache, capsys):
             "benign_accuracy"} <= tested
 
 
-def test_weakened_defense_fails(fresh_cache, tmp_path, capsys):
-    # The same suite with vanilla trained for zero epochs: its numbers fall to chance.
+def test_weakened_defense_fails(fresh_run, tmp_path, capsys):
+    # The same suite with vanilla trained for zero epochs: its numbers fall to chance. (Its other
+    # cells come from the unchanged run's store: their ids, the hash of their configuration, are
+    # the same.)
+    import shutil
+
     weakened = tmp_path / "ci-regress.toml"
     weakened.write_text(SUITE.read_text().replace("[defenses.vanilla]",
                                                   "[defenses.vanilla]\nparams = { epochs = 0 }"))
-    assert main(["regress", "--suite", str(weakened), "--baseline", str(BASELINE)]) == 1
+    store = shutil.copy(fresh_run, tmp_path / "ci-regress.sqlite")
+    assert main(["regress", "--suite", str(weakened), "--baseline", str(BASELINE),
+                 "--store", str(store)]) == 1
     rows = report_table(capsys.readouterr().out)
     regressed = {(row["task"], row["defense"], row["metric"]) for row in rows
                  if row["verdict"] == "REGRESSED"}
