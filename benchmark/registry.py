@@ -200,7 +200,8 @@ def _imported_names(file: Path, package: str) -> set[str]:
                 base = importlib.util.resolve_name("." * node.level + (node.module or ""), package)
             except (ImportError, ValueError):  # a relative import beyond the top-level package
                 continue
-            bases, members = [base], [f"{base}.{alias.name}" for alias in node.names if alias.name != "*"]
+            bases = [base]
+            members = [f"{base}.{alias.name}" for alias in node.names if alias.name != "*"]
         else:
             continue
         for name in bases:
@@ -216,8 +217,10 @@ def _local_spec(name: str):
     imports its parents, and some installed packages take seconds to import)."""
     try:
         top = importlib.util.find_spec(name.partition(".")[0])
+        if top is None:
+            return None
         # a package's folders, or a module's file ("built-in" or "frozen" for some stdlib modules)
-        if top is None or not any(_is_local(p) for p in top.submodule_search_locations or [top.origin]):
+        if not any(_is_local(path) for path in top.submodule_search_locations or [top.origin]):
             return None
         spec = importlib.util.find_spec(name)
     except (ImportError, ValueError, AttributeError):  # not importable here, or not a module
@@ -227,7 +230,7 @@ def _local_spec(name: str):
 
 
 def _is_local(path: str | None) -> bool:
-    """A file or folder outside the standard library and site-packages (not "built-in" / "frozen")."""
+    """A file or folder outside the standard library and site-packages (and not "built-in")."""
     if not path or not Path(path).is_absolute():
         return False
     resolved = Path(path).resolve()

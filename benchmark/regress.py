@@ -236,8 +236,8 @@ def compare(baseline: dict, current: dict, alpha: float = DEFAULT_ALPHA) -> list
             elif not declared.direction:
                 record["verdict"], record["why"] = "not gated", "no better direction"
             elif name == "clean_accuracy" and gated_clean[(key[0], key[2], key[3])] != key:
-                record["verdict"] = "not gated"
-                record["why"] = f"tested once, in the {gated_clean[(key[0], key[2], key[3])][1]} row"
+                tested_in = gated_clean[(key[0], key[2], key[3])][1]
+                record["verdict"], record["why"] = "not gated", f"tested once, in the {tested_in} row"
             else:
                 then, now = decode(old["examples"], name), decode(new["examples"], name)
                 down, up, shared = paired_changes(then, now)
@@ -303,11 +303,12 @@ def _change(record: dict) -> str:
 ORDER = ("regressed", "missing", "untested", "improved", "new", "same", "not gated")
 
 
-def render(records: list[dict], alpha: float, suite_name: str, baseline_path, notes: list[str]) -> str:
+def render(records: list[dict], alpha: float, suite_name: str, baseline_path,
+           notes: list[str]) -> str:
     """The report, in Markdown: the verdict, what changed in the code, and every metric."""
     rows = [[r["task"], r["threat_id"], r["defense"], r["metric"], _show(r["baseline"]),
              _show(r["current"]), _change(r),
-             "" if r["changes"] is None else f"{r['changes'][0]} / {r['changes'][1]} of {r['changes'][2]}",
+             "" if r["changes"] is None else "{} / {} of {}".format(*r["changes"]),
              "" if r["p"] is None else f"{r['p']:.3g}",
              "" if r["p_holm"] is None else f"{r['p_holm']:.3g}",
              (r["verdict"].upper() if r["verdict"] in FAILING else r["verdict"])
