@@ -59,7 +59,7 @@ def cell_metrics(outcomes: list[dict], has_attack: bool, unit: str | None = None
         radii = np.array([o["radius"] for o in certified], dtype=float)
         metrics["median_certified_radius"] = {"value": float(np.median(np.where(flags, radii, 0.0))),
                                               "n": len(certified)}
-        if unit == "words":  # RanMASK's l0 certificate: MCB and MCR, wrong or abstained = -infinity
+        if unit and unit.split(" (")[0] == "words":  # RanMASK's l0 certificate: MCB and MCR, wrong or abstained = -infinity
             robustness = np.array([certified_robustness(o) for o in certified])
             lengths = np.array([o["extra"].get("length") or np.nan for o in certified], dtype=float)
             metrics["mcb"] = _median_metric(robustness)
@@ -121,12 +121,15 @@ CURVE_POINTS = 200  # at most this many radii per certified-accuracy curve
 
 def certified_curve(outcomes: list[dict]) -> dict | None:
     """Certified accuracy against radius (Cohen et al. 2019, Fig. 1): at radius r, the fraction of
-    the n evaluated examples that are certified correct with a radius of at least r. The points are
-    (0 and) every distinct certified radius, or a regular grid when there are too many of them."""
+    the n evaluated examples that are certified correct with a radius of at least r, counting (as
+    certified accuracy does) only those whose deployed prediction is also correct, so that at r = 0
+    the curve never exceeds clean accuracy. The points are (0 and) every distinct certified radius,
+    or a regular grid when there are too many of them."""
     certified = [o for o in outcomes if o["certified"] is not None]
     if not certified:
         return None
-    radii = np.array([o["radius"] if o["certified"] else -np.inf for o in certified], dtype=float)
+    radii = np.array([o["radius"] if o["certified"] and o["clean_prediction"] == o["label"]
+                      else -np.inf for o in certified], dtype=float)
     finite = radii[np.isfinite(radii)]
     grid = np.unique(np.concatenate([[0.0], finite[finite > 0]]))
     if len(grid) > CURVE_POINTS:
