@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import time
 from collections import Counter
 from typing import Sequence
 
@@ -259,6 +260,14 @@ def audit_text(model, task, unit: str, outcomes: list[dict], config: dict, judge
             yield outcome["example_index"], False, {**evidence, "note": "no substitutable word"}
             continue
         verdict = judge_best(judge, scored, label, config["judge_candidates"])
+        if judge.randomized and verdict["falsified"]:
+            # p_y at x itself, judged alike. An exact share below the certificate's p_lower is the
+            # 1 - alpha event failing; at or above it (p_lower_held) the bound itself is wrong,
+            # whatever the sampling: one such example shows the certificate unsound.
+            original = judge([text], label)[0]
+            verdict["original_share"], verdict["original_exact"] = original["share"], original["exact"]
+            verdict["p_lower"] = outcome["p_lower"]
+            verdict["p_lower_held"] = bool(original["exact"] and original["share"] >= outcome["p_lower"])
         yield outcome["example_index"], verdict.pop("falsified"), {**evidence, **verdict}
 
 
@@ -339,22 +348,29 @@ def audit_cell(store, record, cell, task, model, config: dict, config_hash: str)
 
 
 def summarize(store, cell_id: str) -> dict | None:
-    """The cell's latest audit: checked, falsified, the one-sided 95% upper bound of the violation
-    rate, the rate the certificate allows (its alpha, or 0), and whether the row is broken."""
+    """The cell's latest audit (see row_verdict), its budgets and its examples, or None."""
     audit = store.latest_audit(cell_id)
     if audit is None:
         return None
-    checked, falsified = audit["checked"], audit["falsified"]
-    allowed = audit["alpha"] if audit["randomized"] else 0.0
-    if audit["randomized"]:
+    return {**row_verdict(audit["checked"], audit["falsified"], audit["randomized"], audit["alpha"]),
+            "randomized": audit["randomized"], "config": audit["config"],
+            "config_hash": audit["config_hash"], "examples": audit["examples"]}
+
+
+def row_verdict(checked: int, falsified: int, randomized: bool, alpha: float) -> dict:
+    """checked, falsified, the one-sided 95% upper bound of the violation rate (None at n = 0), the
+    rate allowed (alpha for a randomized certificate, 0 for a deterministic one) and `broken`: any
+    violation of a deterministic certificate, or a violation rate significantly above alpha (a
+    one-sided binomial test at level 0.05)."""
+    allowed = alpha if randomized else 0.0
+    if randomized:
         broken = bool(checked and binomtest(falsified, checked, allowed,
                                             alternative="greater").pvalue < REPORT_ALPHA)
     else:
         broken = falsified > 0
     upper = upper_confidence_bound(falsified, checked, REPORT_ALPHA) if checked else None
     return {"checked": checked, "falsified": falsified, "upper": upper, "allowed": allowed,
-            "randomized": audit["randomized"], "broken": broken, "config": audit["config"],
-            "config_hash": audit["config_hash"], "examples": audit["examples"]}
+            "broken": broken}
 
 
 def certifying_cells(suite, store) -> list[tuple]:
@@ -387,11 +403,13 @@ def audit_suite(suite, store, config: dict, cache_dir=None, device=None, log=pri
     for record, cell in found:
         task = tasks[cell.task_label]
         log(f"auditing {cell.describe()} ({record.certificate_unit})")
+        started = time.perf_counter()
         model = build_defended(cell, task, cache_dir or default_cache_dir(), device)
         audit_cell(store, record, cell, task, model, config, config_hash)
         summary = summarize(store, record.cell_id)
         summaries.append({"task": record.task, "defense": record.defense,
-                          "unit": record.certificate_unit, **summary})
+                          "unit": record.certificate_unit,
+                          "seconds": time.perf_counter() - started, **summary})
     return summaries
 
 
@@ -402,12 +420,13 @@ def format_report(summaries: list[dict], config: dict) -> str:
              f"of the violation rate; allowed: alpha for a randomized certificate, 0 for a "
              f"deterministic one", ""]
     header = ("task", "defense", "certificate unit", "checked", "falsified", "bound %", "allowed %",
-              "verdict")
+              "verdict", "seconds")
     rows = [header]
     for s in summaries:
         rows.append((s["task"], s["defense"], s["unit"], str(s["checked"]), str(s["falsified"]),
                      "n/a" if s["upper"] is None else f"{100 * s['upper']:.1f}",
-                     f"{100 * s['allowed']:.1f}", "BROKEN" if s["broken"] else "holds"))
+                     f"{100 * s['allowed']:.1f}", "BROKEN" if s["broken"] else "holds",
+                     f"{s['seconds']:.0f}"))
     widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
     lines += ["  ".join(v.ljust(w) for v, w in zip(r, widths)).rstrip() for r in rows]
     for s in summaries:

@@ -14,6 +14,7 @@ import numpy as np
 from tabulate import tabulate
 
 from benchmark import sanity
+from benchmark.audit import summarize as audit_summary
 from benchmark.certify import median_certified
 from benchmark.stats import median_interval, rate
 from benchmark.store import Store
@@ -139,6 +140,25 @@ def certified_curve(outcomes: list[dict]) -> dict | None:
             "accuracy": [float(a) for a in accuracy]}
 
 
+def audit_entry(store: Store, cell_id: str) -> dict | None:
+    """The cell's latest certificate audit (`rbench audit`): checked and falsified certified
+    examples, the one-sided 95% upper bound of the violation rate, the rate the certificate allows
+    (alpha, or 0 for a deterministic one), `broken`, and the budgets' hash. None if not audited."""
+    summary = audit_summary(store, cell_id)
+    if summary is None:
+        return None
+    return {k: summary[k] for k in ("checked", "falsified", "upper", "allowed", "broken", "config_hash")}
+
+
+def format_audit(audit: dict | None) -> str:
+    if audit is None:
+        return "not audited"
+    bound = "n/a" if audit["upper"] is None else f"<= {100 * audit['upper']:.1f}%"
+    verdict = "**BROKEN**, " if audit["broken"] else ""
+    return (f"{verdict}{audit['falsified']} of {audit['checked']} falsified ({bound}; "
+            f"allowed {100 * audit['allowed']:g}%)")
+
+
 HEADLINE = ("certified_accuracy", "robust_accuracy", "clean_accuracy")
 
 
@@ -188,6 +208,9 @@ def build_leaderboard(store: Store, suite: str, submissions: list[dict] = (),
         curve = certified_curve(outcomes)
         if curve is not None:
             row["certified_curve"] = curve
+        audit = audit_entry(store, record.cell_id) if "certified_accuracy" in row["metrics"] else None
+        if audit is not None:
+            row["audit"] = audit
         table["rows"].append(row)
     for submission in submissions:
         for submitted in submission["results"]["tables"]:
@@ -265,6 +288,9 @@ def table_rows(table: dict) -> tuple[list[str], list[list[str]]]:
     headers = ["rank", "defense", "model"] + (["certificate unit"] if units else []) + [
         f"{label} ({', '.join(table['certificate_units'])})" if k == "median_certified_radius" and
         table["certificate_units"] else label for k, label in present]
+    audited = any("certified_accuracy" in r["metrics"] for r in table["rows"])
+    if audited:
+        headers.append("certificate audit")
     flags = any(row.get("sanity_summary") for row in table["rows"])
     if flags:
         headers.append("sanity flags")
@@ -274,6 +300,8 @@ def table_rows(table: dict) -> tuple[list[str], list[list[str]]]:
         rows.append([str(rank), defense, row["model"]] +
                     ([row["certificate_unit"] or ""] if units else []) +
                     [format_metric(row["metrics"][k]) if k in row["metrics"] else "" for k, _ in present]
+                    + ([format_audit(row.get("audit")) if "certified_accuracy" in row["metrics"]
+                        else ""] if audited else [])
                     + ([row.get("sanity_summary", "")] if flags else []))
     return headers, rows
 

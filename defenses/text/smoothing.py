@@ -236,9 +236,24 @@ class SmoothedText:
         every = [self.every_draw(plan, exact_limit) for plan in plans]
         rows = [e if e is not None else self.sample(plan, samples, example_rng(seed, 0))
                 for plan, e in zip(plans, every)]
-        noisy = self.classify_rows(plans, rows)
-        counts = np.stack([result.counts(self.num_classes) for result in noisy])
-        return counts, np.array([e is not None for e in every])
+        exact = np.array([e is not None for e in every])
+        if not self.word_level:
+            noisy = self.classify_rows(plans, rows)
+            return np.stack([result.counts(self.num_classes) for result in noisy]), exact
+        # The audit's candidates differ from one another in a word or two, so most of their noisy
+        # copies are the same token ids (with common random numbers, every copy that masks the
+        # changed word): classify each distinct copy of the whole call once.
+        counts = np.zeros((len(plans), self.num_classes), dtype=np.int64)
+        by_width: dict[int, list[tuple[int, np.ndarray]]] = {}
+        for i, (plan, drawn) in enumerate(zip(plans, rows)):
+            ids = self.render_ids(plan, drawn)
+            by_width.setdefault(ids.shape[1], []).append((i, ids))
+        for members in by_width.values():
+            unique, inverse = distinct_rows(np.concatenate([ids for _, ids in members]))
+            predictions = self._logits_of_ids([unique])[0].argmax(axis=1)[inverse]
+            for (i, _), part in zip(members, split_like(predictions, [len(ids) for _, ids in members])):
+                counts[i] = np.bincount(part, minlength=self.num_classes)
+        return counts, exact
 
     # Certification -----------------------------------------------------------------------------
     def certify_votes(self, xs: Sequence[str], ys: np.ndarray, alpha: float, seed: int) -> list[Certificate]:
