@@ -60,7 +60,8 @@ def cell_metrics(outcomes: list[dict], has_attack: bool, unit: str | None = None
         radii = np.array([o["radius"] for o in certified], dtype=float)
         metrics["median_certified_radius"] = {"value": float(np.median(np.where(flags, radii, 0.0))),
                                               "n": len(certified)}
-        if unit and unit.split(" (")[0] == "words":  # RanMASK's l0 certificate: MCB and MCR, wrong or abstained = -infinity
+        # RanMASK's l0 certificate (its unit names beta): MCB and MCR, wrong or abstained = -infinity
+        if unit and unit.split(" (")[0] == "words":
             robustness = np.array([certified_robustness(o) for o in certified])
             lengths = np.array([o["extra"].get("length") or np.nan for o in certified], dtype=float)
             metrics["mcb"] = _median_metric(robustness)
