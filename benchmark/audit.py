@@ -327,13 +327,17 @@ def pgd_l2_eot(model, x: torch.Tensor, labels: torch.Tensor, radii: torch.Tensor
 
 # Cells and suites ---------------------------------------------------------------------------------
 
-def audit_cell(store, record, cell, task, model, config: dict, config_hash: str) -> None:
+def audit_cell(store, record, cell, task, build_model, config: dict, config_hash: str) -> None:
     """Audit one cell's certified examples not yet audited under `config_hash`, writing each
-    example's result as it is decided (an interrupted audit resumes)."""
+    example's result as it is decided (an interrupted audit resumes). `build_model()` gives the
+    cell's defended model; it is not called when there is nothing left to do."""
     unit = base_unit(record.certificate_unit)
-    store.open_audit(record.cell_id, config_hash, config, is_randomized(model), cell.protocol.alpha)
     done = store.audited_examples(record.cell_id, config_hash)
     todo = [o for o in store.outcomes(record.cell_id) if o["certified"] and o["example_index"] not in done]
+    if not todo and store.audit_opened(record.cell_id, config_hash):
+        return
+    model = build_model()
+    store.open_audit(record.cell_id, config_hash, config, is_randomized(model), cell.protocol.alpha)
     if not todo:
         return
     judge = Judge(model, config, config["seed"])
@@ -404,8 +408,9 @@ def audit_suite(suite, store, config: dict, cache_dir=None, device=None, log=pri
         task = tasks[cell.task_label]
         log(f"auditing {cell.describe()} ({record.certificate_unit})")
         started = time.perf_counter()
-        model = build_defended(cell, task, cache_dir or default_cache_dir(), device)
-        audit_cell(store, record, cell, task, model, config, config_hash)
+        audit_cell(store, record, cell, task,
+                   lambda: build_defended(cell, task, cache_dir or default_cache_dir(), device),
+                   config, config_hash)
         summary = summarize(store, record.cell_id)
         summaries.append({"task": record.task, "defense": record.defense,
                           "unit": record.certificate_unit,

@@ -252,6 +252,10 @@ class Store:
                         "randomized, alpha) VALUES (?, ?, ?, ?, ?)",
                         (cell_id, config_hash, canonical_json(config), int(randomized), alpha))
 
+    def audit_opened(self, cell_id: str, config_hash: str) -> bool:
+        return self.db.execute("SELECT 1 FROM audit_cells WHERE cell_id = ? AND config_hash = ?",
+                               (cell_id, config_hash)).fetchone() is not None
+
     def audited_examples(self, cell_id: str, config_hash: str) -> set[int]:
         rows = self.db.execute("SELECT example_index FROM audit_outcomes WHERE cell_id = ? AND "
                                "config_hash = ?", (cell_id, config_hash))
