@@ -9,7 +9,7 @@ export TRANSFORMERS_OFFLINE := 1
 export HF_DATASETS_OFFLINE := 1
 export OMP_NUM_THREADS ?= 2
 
-.PHONY: install bench test leaderboard regress perf fault-injection clean-results
+.PHONY: install bench test leaderboard audit regress perf fault-injection clean-results
 
 install: $(STAMP)
 
@@ -23,7 +23,12 @@ $(STAMP): requirements/cpu.txt pyproject.toml
 
 bench: install
 	$(VENV)/bin/rbench run $(SUITE)
+	$(VENV)/bin/rbench audit $(SUITE)
 	$(VENV)/bin/rbench leaderboard $(SUITE) --html
+
+# Search every certificate in the suite's store for a counterexample (exit 1 if a row is broken).
+audit: install
+	OMP_NUM_THREADS=1 $(VENV)/bin/rbench audit $(SUITE)
 
 leaderboard: install
 	$(VENV)/bin/rbench leaderboard $(SUITE) --html

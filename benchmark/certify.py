@@ -4,7 +4,8 @@
   decides abstention) and CERTIFY (n0 samples pick the class, n others bound its probability), and
   the Gaussian radius sigma * Phi^-1(p_lower).
 - RanMASK (Zeng et al.): the l0 certificate over words, Delta(d) = 1 - C(h-d, k) / C(h, k), with beta
-  as a point estimate of p_c or by the Monte Carlo estimator of its Algorithm 1; MCB and MCR.
+  = 1 (sound), or the paper's heuristics: a point estimate of p_c or the Monte Carlo estimator of its
+  Algorithm 1; MCB and MCR.
 - SAFER (Ye et al. 2020), and CROWD with the same code: a total-variation bound between smoothing
   distributions that are products of uniform draws over perturbation sets.
 

@@ -76,6 +76,27 @@ def command_leaderboard(args) -> int:
     return 0
 
 
+def command_audit(args) -> int:
+    from benchmark.audit import audit_config, audit_suite, format_report
+    from benchmark.store import Store
+    from benchmark.suite import load_suite
+
+    overrides = {}
+    for item in args.budget:
+        key, _, value = item.partition("=")
+        if not value.lstrip("-").isdigit():
+            raise UsageError(f"--budget takes NAME=WHOLE_NUMBER, got {item!r}")
+        overrides[key] = int(value)
+    config = audit_config(overrides)
+    suite = load_suite(args.suite, args.data_root)
+    store_path = Path(args.store or default_store_path(suite.name))
+    if not store_path.exists():
+        raise UsageError(f"no results store at {store_path}; run `rbench run {args.suite}` first")
+    summaries = audit_suite(suite, Store(store_path), config, Path(args.cache) if args.cache else None)
+    print(format_report(summaries, config))
+    return 1 if any(s["broken"] for s in summaries) else 0
+
+
 def command_submit(args) -> int:
     from benchmark.submit import submit
 
@@ -163,6 +184,18 @@ def build_parser() -> argparse.ArgumentParser:
     board.add_argument("--html", action="store_true",
                        help="also write the static site (index.html and a page per table)")
     board.set_defaults(handler=command_leaderboard)
+
+    audit = commands.add_parser("audit", help="search for counterexamples to every certificate "
+                                "in the store, inside its own threat model; exit 1 if a row's "
+                                "certificates are broken")
+    audit.add_argument("suite")
+    audit.add_argument("--store")
+    audit.add_argument("--data-root")
+    audit.add_argument("--cache")
+    audit.add_argument("--budget", action="append", default=[], metavar="NAME=N",
+                       help="override a search budget (repeatable; see benchmark/audit.py "
+                       "AUDIT_DEFAULTS)")
+    audit.set_defaults(handler=command_audit)
 
     submit = commands.add_parser("submit", help="run a suite for one defense file and write its "
                                  "submission to leaderboards/<suite>/submissions/")

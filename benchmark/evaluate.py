@@ -196,6 +196,17 @@ def evaluate_batch(cell: Cell, defended, attack, xs, ys: np.ndarray, indices: np
     return rows
 
 
+def certificate_unit(cell: Cell) -> str | None:
+    """The unit of the cell's certificates, with what the defense says about its threat model
+    (`certificate_threat(config)`: e.g. which substitutions, or which beta), since certificates
+    under different ones are different claims."""
+    defense = DEFENSES.get(cell.defense.name)
+    unit = defense.tags.get("unit")
+    if unit and hasattr(defense.obj, "certificate_threat"):
+        unit = f"{unit} ({defense.obj.certificate_threat(cell.defense.params)})"
+    return unit
+
+
 def cell_batches(cell: Cell, task) -> list[np.ndarray]:
     """The cell's fixed batches of test-example indices: the unit of work and of resumption."""
     indices = sample_indices(len(task.test), cell.protocol.n_examples, cell.protocol.seed)
@@ -208,7 +219,7 @@ def open_cell(cell: Cell, suite_name: str, store: Store, task):
     the indices of the batches still to run."""
     attack = make_attack(cell) if cell.attack is not None else None
     description = attack.describe() if attack is not None else "no attack (clean inputs)"
-    unit = DEFENSES.get(cell.defense.name).tags.get("unit")
+    unit = certificate_unit(cell)
     batches = cell_batches(cell, task)
     store.open_cell(suite_name, cell, len(batches), description, unit)
     if store.cell_status(cell.id) == "done":
@@ -369,10 +380,7 @@ def open_backdoor_cell(cell: Cell, suite_name: str, store: Store, task):
     """Register a backdoor cell in the store; returns its poisoner, its batches and the indices of
     the batches still to run."""
     poisoner = make_poisoner(cell)
-    defense = DEFENSES.get(cell.defense.name)
-    unit = defense.tags.get("unit")
-    if unit and hasattr(defense.obj, "certificate_threat"):  # e.g. which substitutions, weighted how
-        unit = f"{unit} ({defense.obj.certificate_threat(cell.defense.params)})"
+    unit = certificate_unit(cell)
     batches = cell_batches(cell, task)
     store.open_cell(suite_name, cell, len(batches), poisoner.describe(), unit)
     if store.cell_status(cell.id) == "done":

@@ -88,6 +88,20 @@ class Randomized(Protocol):
 
 
 @runtime_checkable
+class VoteCounter(Protocol):
+    """A smoothed (vote) classifier that lets the certificate audit (benchmark/audit.py) count the
+    base classifier's votes: `vote_counts(xs, samples, seed, exact_limit)` returns (counts (inputs x
+    classes), exact (inputs,) bool). An input whose noise has at most `exact_limit` equally likely
+    draws may count each once (exact = True: the shares are the smoothed classifier's own);
+    otherwise `samples` draws seeded by `seed` alone, the same noise for every input of one shape
+    (common random numbers). A latent-space certificate (CISS) also offers `latents(xs)`, the
+    point its radius is measured from."""
+
+    def vote_counts(self, xs: Sequence, samples: int, seed: int,
+                    exact_limit: int = 0) -> tuple[np.ndarray, np.ndarray]: ...
+
+
+@runtime_checkable
 class WhiteBoxText(Protocol):
     """A defended text model that exposes a differentiable surrogate for white-box attacks (ASCC):
     `module` follows the text-classifier contract of benchmark/models/text.py (`tokenizer`,

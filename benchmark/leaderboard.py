@@ -14,6 +14,7 @@ import numpy as np
 from tabulate import tabulate
 
 from benchmark import sanity
+from benchmark.audit import summarize as audit_summary
 from benchmark.certify import median_certified
 from benchmark.stats import median_interval, rate
 from benchmark.store import Store
@@ -59,7 +60,8 @@ def cell_metrics(outcomes: list[dict], has_attack: bool, unit: str | None = None
         radii = np.array([o["radius"] for o in certified], dtype=float)
         metrics["median_certified_radius"] = {"value": float(np.median(np.where(flags, radii, 0.0))),
                                               "n": len(certified)}
-        if unit == "words":  # RanMASK's l0 certificate: MCB and MCR, wrong or abstained = -infinity
+        # RanMASK's l0 certificate (its unit names beta): MCB and MCR, wrong or abstained = -infinity
+        if unit and unit.split(" (")[0] == "words":
             robustness = np.array([certified_robustness(o) for o in certified])
             lengths = np.array([o["extra"].get("length") or np.nan for o in certified], dtype=float)
             metrics["mcb"] = _median_metric(robustness)
@@ -121,12 +123,15 @@ CURVE_POINTS = 200  # at most this many radii per certified-accuracy curve
 
 def certified_curve(outcomes: list[dict]) -> dict | None:
     """Certified accuracy against radius (Cohen et al. 2019, Fig. 1): at radius r, the fraction of
-    the n evaluated examples that are certified correct with a radius of at least r. The points are
-    (0 and) every distinct certified radius, or a regular grid when there are too many of them."""
+    the n evaluated examples that are certified correct with a radius of at least r, counting (as
+    certified accuracy does) only those whose deployed prediction is also correct, so that at r = 0
+    the curve never exceeds clean accuracy. The points are (0 and) every distinct certified radius,
+    or a regular grid when there are too many of them."""
     certified = [o for o in outcomes if o["certified"] is not None]
     if not certified:
         return None
-    radii = np.array([o["radius"] if o["certified"] else -np.inf for o in certified], dtype=float)
+    radii = np.array([o["radius"] if o["certified"] and o["clean_prediction"] == o["label"]
+                      else -np.inf for o in certified], dtype=float)
     finite = radii[np.isfinite(radii)]
     grid = np.unique(np.concatenate([[0.0], finite[finite > 0]]))
     if len(grid) > CURVE_POINTS:
@@ -134,6 +139,25 @@ def certified_curve(outcomes: list[dict]) -> dict | None:
     accuracy = [(radii >= r).sum() / len(certified) for r in grid]
     return {"n": len(certified), "radius": [float(r) for r in grid],
             "accuracy": [float(a) for a in accuracy]}
+
+
+def audit_entry(store: Store, cell_id: str) -> dict | None:
+    """The cell's latest certificate audit (`rbench audit`): checked and falsified certified
+    examples, the one-sided 95% upper bound of the violation rate, the rate the certificate allows
+    (alpha, or 0 for a deterministic one), `broken`, and the budgets' hash. None if not audited."""
+    summary = audit_summary(store, cell_id)
+    if summary is None:
+        return None
+    return {k: summary[k] for k in ("checked", "falsified", "upper", "allowed", "broken", "config_hash")}
+
+
+def format_audit(audit: dict | None) -> str:
+    if audit is None:
+        return "not audited"
+    bound = "n/a" if audit["upper"] is None else f"<= {100 * audit['upper']:.1f}%"
+    verdict = "**BROKEN**, " if audit["broken"] else ""
+    return (f"{verdict}{audit['falsified']} of {audit['checked']} falsified ({bound}; "
+            f"allowed {100 * audit['allowed']:g}%)")
 
 
 HEADLINE = ("certified_accuracy", "robust_accuracy", "clean_accuracy")
@@ -185,6 +209,9 @@ def build_leaderboard(store: Store, suite: str, submissions: list[dict] = (),
         curve = certified_curve(outcomes)
         if curve is not None:
             row["certified_curve"] = curve
+        audit = audit_entry(store, record.cell_id) if "certified_accuracy" in row["metrics"] else None
+        if audit is not None:
+            row["audit"] = audit
         table["rows"].append(row)
     for submission in submissions:
         for submitted in submission["results"]["tables"]:
@@ -262,6 +289,9 @@ def table_rows(table: dict) -> tuple[list[str], list[list[str]]]:
     headers = ["rank", "defense", "model"] + (["certificate unit"] if units else []) + [
         f"{label} ({', '.join(table['certificate_units'])})" if k == "median_certified_radius" and
         table["certificate_units"] else label for k, label in present]
+    audited = any("certified_accuracy" in r["metrics"] for r in table["rows"])
+    if audited:
+        headers.append("certificate audit")
     flags = any(row.get("sanity_summary") for row in table["rows"])
     if flags:
         headers.append("sanity flags")
@@ -271,6 +301,8 @@ def table_rows(table: dict) -> tuple[list[str], list[list[str]]]:
         rows.append([str(rank), defense, row["model"]] +
                     ([row["certificate_unit"] or ""] if units else []) +
                     [format_metric(row["metrics"][k]) if k in row["metrics"] else "" for k, _ in present]
+                    + ([format_audit(row.get("audit")) if "certified_accuracy" in row["metrics"]
+                        else ""] if audited else [])
                     + ([row.get("sanity_summary", "")] if flags else []))
     return headers, rows
 

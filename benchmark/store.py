@@ -66,6 +66,29 @@ CREATE TABLE IF NOT EXISTS outcomes (
 );
 """
 
+# The certificate audit (benchmark/audit.py), added to existing stores when they are opened. One
+# audit is a cell under one budget (config_hash); its examples are written one at a time, so an
+# interrupted audit resumes.
+AUDIT_SCHEMA = """
+CREATE TABLE IF NOT EXISTS audit_cells (
+    audit_id INTEGER PRIMARY KEY AUTOINCREMENT,
+    cell_id TEXT NOT NULL REFERENCES cells(cell_id),
+    config_hash TEXT NOT NULL,
+    config TEXT NOT NULL,
+    randomized INTEGER NOT NULL,
+    alpha REAL NOT NULL,
+    UNIQUE (cell_id, config_hash)
+);
+CREATE TABLE IF NOT EXISTS audit_outcomes (
+    cell_id TEXT NOT NULL REFERENCES cells(cell_id),
+    config_hash TEXT NOT NULL,
+    example_index INTEGER NOT NULL,
+    falsified INTEGER NOT NULL,
+    evidence TEXT,
+    PRIMARY KEY (cell_id, config_hash, example_index)
+);
+"""
+
 OUTCOME_COLUMNS = ("example_index", "label", "clean_prediction", "adversarial_prediction", "success",
                    "queries", "perturbation", "certified", "radius", "abstained", "p_lower",
                    "adversarial_text", "extra")
@@ -133,6 +156,7 @@ class Store:
         # mode a commit still survives the process being killed and stays atomic; only an OS crash
         # or power loss can roll back the last batches, which a re-run then recomputes.
         self.db.execute("PRAGMA synchronous=NORMAL")
+        self.db.executescript(AUDIT_SCHEMA)
 
     def close(self) -> None:
         self.db.close()
@@ -220,6 +244,45 @@ class Store:
             record["extra"] = json.loads(record["extra"]) if record["extra"] else {}
             result.append(record)
         return result
+
+    # Certificate audits ----------------------------------------------------------------------
+    def open_audit(self, cell_id: str, config_hash: str, config: dict, randomized: bool,
+                   alpha: float) -> None:
+        self.db.execute("INSERT OR IGNORE INTO audit_cells (cell_id, config_hash, config, "
+                        "randomized, alpha) VALUES (?, ?, ?, ?, ?)",
+                        (cell_id, config_hash, canonical_json(config), int(randomized), alpha))
+
+    def audit_opened(self, cell_id: str, config_hash: str) -> bool:
+        return self.db.execute("SELECT 1 FROM audit_cells WHERE cell_id = ? AND config_hash = ?",
+                               (cell_id, config_hash)).fetchone() is not None
+
+    def audited_examples(self, cell_id: str, config_hash: str) -> set[int]:
+        rows = self.db.execute("SELECT example_index FROM audit_outcomes WHERE cell_id = ? AND "
+                               "config_hash = ?", (cell_id, config_hash))
+        return {row[0] for row in rows}
+
+    def write_audit(self, cell_id: str, config_hash: str, example_index: int, falsified: bool,
+                    evidence: dict) -> None:
+        self.db.execute("INSERT OR REPLACE INTO audit_outcomes (cell_id, config_hash, example_index, "
+                        "falsified, evidence) VALUES (?, ?, ?, ?, ?)",
+                        (cell_id, config_hash, int(example_index), int(falsified),
+                         canonical_json(evidence)))
+
+    def latest_audit(self, cell_id: str) -> dict | None:
+        """The cell's most recently started audit with its examples, or None."""
+        audit = self.db.execute("SELECT * FROM audit_cells WHERE cell_id = ? ORDER BY audit_id DESC "
+                                "LIMIT 1", (cell_id,)).fetchone()
+        if audit is None:
+            return None
+        rows = self.db.execute("SELECT example_index, falsified, evidence FROM audit_outcomes WHERE "
+                               "cell_id = ? AND config_hash = ? ORDER BY example_index",
+                               (cell_id, audit["config_hash"])).fetchall()
+        examples = [{"example_index": r["example_index"], "falsified": bool(r["falsified"]),
+                     "evidence": json.loads(r["evidence"]) if r["evidence"] else {}} for r in rows]
+        return {"config_hash": audit["config_hash"], "config": json.loads(audit["config"]),
+                "randomized": bool(audit["randomized"]), "alpha": audit["alpha"],
+                "checked": len(examples), "falsified": sum(e["falsified"] for e in examples),
+                "examples": examples}
 
 
 def _sql_value(value):

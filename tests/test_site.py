@@ -97,8 +97,8 @@ def page(browser):
 
 
 def test_certified_curve_counts_certified_examples_at_each_radius():
-    outcomes = [{"certified": 1, "radius": 0.5}, {"certified": 1, "radius": 1.0},
-                {"certified": 0, "radius": 2.0}, {"certified": 1, "radius": 1.0}]
+    outcomes = [{"certified": c, "radius": r, "label": 0, "clean_prediction": 0}
+                for c, r in ((1, 0.5), (1, 1.0), (0, 2.0), (1, 1.0))]
     curve = certified_curve(outcomes)
     assert curve == {"n": 4, "radius": [0.0, 0.5, 1.0], "accuracy": [0.75, 0.75, 0.5]}
     assert certified_curve([{"certified": None, "radius": None}]) is None
@@ -222,7 +222,8 @@ def test_backdoor_and_ranmask_tables_get_their_columns_and_legends(tmp_path):
     backdoor = next(t for t in board["tables"] if t.get("kind") == "backdoor")
     html = render_table_page(board, backdoor, defense_colours(board))
     assert "benign acc" in html and "classified as the target" in html
-    words = next(t for t in board["tables"] if "words" in t["certificate_units"])
+    words = next(t for t in board["tables"]
+                 if any(u.split(" (")[0] == "words" for u in t["certificate_units"]))
     html = render_table_page(board, words, defense_colours(board))
     assert "MCB (words)" in html and "median certified robustness" in html
 

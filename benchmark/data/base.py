@@ -60,11 +60,24 @@ class Split:
 
 
 class SubstitutionTable:
-    """word -> allowed substitutes (the word itself excluded). Symmetric use is up to the caller."""
+    """word -> allowed substitutes (the word itself excluded). Symmetric use is up to the caller.
+
+    Words are lowercased here, once, as the tokenizers lowercase their input: the vocabulary, the
+    interval boxes of IBP / CISS and the smoothing sets are all built from this table, so a table
+    written with upper-case words ("Great": ["Superb"]) must give the same boxes as the text the
+    model reads. Entries that meet after lowercasing are merged (first-seen order)."""
 
     def __init__(self, neighbors: dict[str, list[str]], name: str = "table"):
         self.name = name
-        self.neighbors = {word: [n for n in subs if n != word] for word, subs in neighbors.items()}
+        merged: dict[str, list[str]] = {}
+        for word, subs in neighbors.items():
+            key = word.lower()
+            group = merged.setdefault(key, [])
+            for sub in subs:
+                sub = sub.lower()
+                if sub != key and sub not in group:
+                    group.append(sub)
+        self.neighbors = merged
 
     def __getitem__(self, word: str) -> list[str]:
         return self.neighbors.get(word, [])

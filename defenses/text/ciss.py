@@ -188,6 +188,16 @@ class LatentSmoothing:
         logits = self.head_logits(self.encode(xs).value, samples, self._generators(len(xs)))
         return torch.softmax(logits, dim=2).mean(dim=1).numpy()
 
+    def latents(self, xs) -> np.ndarray:
+        """s(x) of each text: where the certificate's R_hat is measured from (for the audit)."""
+        return self.encode(xs).value.cpu().numpy()
+
+    def vote_counts(self, xs, samples: int, seed: int, exact_limit: int = 0):
+        """The head's votes on `samples` noisy latents of each text, the noise seeded by `seed`
+        alone and the same for every text (common random numbers); never exact (Gaussian noise)."""
+        generators = self._generators(len(xs), [example_rng(seed, 0) for _ in xs])
+        return self.counts(self.encode(xs).value, samples, generators), np.zeros(len(xs), dtype=bool)
+
     def certify(self, xs, ys, alpha, seed) -> list[Certificate]:
         n0, n = self.config["certify_n0"], self.config["certify_n"]
         group = max(1, 200_000 // (n0 + n))

@@ -163,11 +163,19 @@ class SmoothedText:
         logits = self._chunked(lambda a, b: self.module.classify(flat[a:b]), len(flat))
         return split_like(logits, [len(group) for group in texts])
 
+    def every_draw(self, plan: Plan, limit: int) -> np.ndarray | None:
+        """Every noisy copy the noise can draw for `plan`, one row each, when they are equally
+        likely and at most `limit` many (exact vote shares for the audit); None otherwise."""
+        return None
+
     def noisy(self, plans: Sequence[Plan], n: int, rngs: Sequence[np.random.Generator]) -> list[Noisy]:
         """Draw n noisy copies of each text and classify each distinct copy once."""
+        return self.classify_rows(plans, [self.sample(plan, n, rng) for plan, rng in zip(plans, rngs)])
+
+    def classify_rows(self, plans: Sequence[Plan], row_sets: Sequence[np.ndarray]) -> list[Noisy]:
+        """Classify the given noisy copies of each text (rows), each distinct copy once."""
         drawn = []
-        for plan, rng in zip(plans, rngs):
-            rows = self.sample(plan, n, rng)
+        for plan, rows in zip(plans, row_sets):
             # Words past the tokenizer's max_length never reach the classifier: ignore them when
             # looking for duplicates.
             visible = rows[:, :len(plan.ids)] if plan.ids is not None else rows
@@ -215,6 +223,37 @@ class SmoothedText:
             softmax /= softmax.sum(axis=1, keepdims=True)
             out[i] = (softmax * result.weights()[:, None]).sum(axis=0) / len(result.inverse)
         return out
+
+    def vote_counts(self, xs: Sequence[str], samples: int, seed: int,
+                    exact_limit: int = 0) -> tuple[np.ndarray, np.ndarray]:
+        """The base classifier's votes on noisy copies of each text, for the audit: (counts
+        (texts x classes), exact (texts,)). A text whose copies are all equally likely and at most
+        `exact_limit` many counts each of them once (exact: its vote shares are the smoothed
+        classifier's own); any other draws `samples` copies from one generator seeded by `seed`
+        alone, the same for every text (common random numbers: texts of one length get the same
+        copies, so their shares differ by the words, not by the noise)."""
+        plans = self.plans(list(xs))
+        every = [self.every_draw(plan, exact_limit) for plan in plans]
+        rows = [e if e is not None else self.sample(plan, samples, example_rng(seed, 0))
+                for plan, e in zip(plans, every)]
+        exact = np.array([e is not None for e in every])
+        if not self.word_level:
+            noisy = self.classify_rows(plans, rows)
+            return np.stack([result.counts(self.num_classes) for result in noisy]), exact
+        # The audit's candidates differ from one another in a word or two, so most of their noisy
+        # copies are the same token ids (with common random numbers, every copy that masks the
+        # changed word): classify each distinct copy of the whole call once.
+        counts = np.zeros((len(plans), self.num_classes), dtype=np.int64)
+        by_width: dict[int, list[tuple[int, np.ndarray]]] = {}
+        for i, (plan, drawn) in enumerate(zip(plans, rows)):
+            ids = self.render_ids(plan, drawn)
+            by_width.setdefault(ids.shape[1], []).append((i, ids))
+        for members in by_width.values():
+            unique, inverse = distinct_rows(np.concatenate([ids for _, ids in members]))
+            predictions = self._logits_of_ids([unique])[0].argmax(axis=1)[inverse]
+            for (i, _), part in zip(members, split_like(predictions, [len(ids) for _, ids in members])):
+                counts[i] = np.bincount(part, minlength=self.num_classes)
+        return counts, exact
 
     # Certification -----------------------------------------------------------------------------
     def certify_votes(self, xs: Sequence[str], ys: np.ndarray, alpha: float, seed: int) -> list[Certificate]:

@@ -77,6 +77,12 @@ class SmoothedClassifier(RandomizedImageModel):
         counts = self.counts(as_tensor(xs, self.device), self.n_predict)
         return np.array([predict(c, self.alpha_predict) for c in counts], dtype=np.int64)
 
+    def vote_counts(self, xs, samples: int, seed: int, exact_limit: int = 0):
+        """The base classifier's votes on `samples` Gaussian draws per image, seeded by `seed`
+        (for the audit); never exact."""
+        torch.manual_seed(seed)
+        return self.counts(as_tensor(xs, self.device), samples), np.zeros(len(xs), dtype=bool)
+
     def certify(self, xs, ys, alpha: float, seed: int) -> list[Certificate]:
         torch.manual_seed(seed)
         out = []
