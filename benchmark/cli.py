@@ -7,7 +7,7 @@ from pathlib import Path
 
 from benchmark.errors import UsageError
 from benchmark.files import write_text
-from benchmark.paths import REPO_ROOT, default_store_path
+from benchmark.paths import default_leaderboard_dir, default_store_path
 
 
 def command_list(args) -> int:
@@ -54,7 +54,7 @@ def command_leaderboard(args) -> int:
     store_path = Path(args.store or default_store_path(suite.name))
     if not store_path.is_file():
         raise UsageError(f"no results store at {store_path}; run `rbench run {args.suite}` first")
-    suite_dir = REPO_ROOT / "leaderboards" / suite.name
+    suite_dir = default_leaderboard_dir(suite.name)
     out_dir = Path(args.out) if args.out else suite_dir
     # The suite's own submissions always, and those of the output directory: an entry once.
     loaded, notes = load_submissions([suite_dir / "submissions", out_dir / "submissions"], suite)

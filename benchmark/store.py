@@ -118,7 +118,7 @@ class Store:
         while not folder.exists():
             folder = folder.parent
         for what, target in (("file", self.path), ("folder", folder)):
-            if target.exists() and not os.access(target, os.W_OK):
+            if target.exists() and not os.access(target, os.W_OK, effective_ids=True):
                 raise UsageError(f"results store {self.path}: its {what} {target} is read-only; "
                                  f"make it writable (chmod u+w {target}) or pass another --store "
                                  f"path")
@@ -127,7 +127,7 @@ class Store:
         # A file nobody may write has no writer to coordinate with: `immutable` reads it without
         # the -shm file WAL readers otherwise create (unless a -wal file holds commits to read).
         wal = self.path.with_name(f"{self.path.name}-wal")
-        immutable = not os.access(self.path, os.W_OK) and not wal.exists()
+        immutable = not os.access(self.path, os.W_OK, effective_ids=True) and not wal.exists()
         return f"{self.path.resolve().as_uri()}?mode=ro" + ("&immutable=1" if immutable else "")
 
     def _create(self) -> None:

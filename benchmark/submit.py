@@ -30,7 +30,7 @@ from tabulate import tabulate
 
 from benchmark.errors import UsageError
 from benchmark.files import write_json
-from benchmark.paths import REPO_ROOT, default_cache_dir, default_store_path
+from benchmark.paths import REPO_ROOT, default_cache_dir, default_leaderboard_dir, default_store_path
 from benchmark.registry import DEFENSES, load_plugin_file
 from benchmark.sandbox import Sandbox, SandboxLimits
 from benchmark.specs import canonical_json, content_hash
@@ -177,7 +177,7 @@ def submit(plugin: str | Path, suite_ref: str, entry_name: str, out_dir: Path | 
         raise UsageError(f"entry name '{entry_name}' is already a defense of suite '{suite_ref}'; "
                          f"choose another --name")
     suite = submission_suite(suite_ref, entry_name, entry.name, data_root)
-    out_dir = Path(out_dir) if out_dir else REPO_ROOT / "leaderboards" / suite.name / "submissions"
+    out_dir = Path(out_dir) if out_dir else default_leaderboard_dir(suite.name) / "submissions"
     path = out_dir / f"{entry_name}.json"
     if path.exists() and not replace:
         earlier = read_submission(path)["plugin"]
