@@ -19,10 +19,6 @@ def write_text(path: Path, text: str) -> None:
         partial.unlink(missing_ok=True)
 
 
-def json_text(value) -> str:
-    """The suite's JSON output format: indented, sorted keys, strict."""
-    return json.dumps(value, indent=1, sort_keys=True, allow_nan=False) + "\n"
-
-
 def write_json(path: Path, value) -> None:
-    write_text(path, json_text(value))
+    """The suite's JSON output format: indented, sorted keys, strict."""
+    write_text(path, json.dumps(value, indent=1, sort_keys=True, allow_nan=False) + "\n")
