@@ -346,7 +346,8 @@ SUBMISSIONS = [
     ("submission exceeding the memory limit", submission("hungry", """
         def predict(self, xs):
             return np.ones(2**30, dtype=np.int64)[:len(xs)]
-        """, "--memory-limit", "2"), [FAILED, "predict raised MemoryError", "memory limit is 2 GB"]),
+        """, "--memory-limit", "2"), [FAILED, "predict raised MemoryError", "memory limit is 2 GB",
+                                      "Fix the defense or raise the sandbox limit it hit"]),
     ("submission reading the test labels", submission("peeks", "", build="return task.test.ys"),
      [FAILED, "build raised AttributeError: 'NoneType' object has no attribute 'ys'"]),
     ("sandbox limit that is not positive", submission("limit", "", "--time-limit", "0"),

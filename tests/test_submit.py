@@ -13,7 +13,7 @@ from benchmark.cli import main
 from benchmark.errors import UsageError
 from benchmark.paths import REPO_ROOT
 from benchmark.stats import rate
-from benchmark.submit import load_defense_plugin, results_hash, submit, verify
+from benchmark.submit import chosen_batches, load_defense_plugin, results_hash, submit, verify
 
 EXAMPLE = REPO_ROOT / "examples" / "my_defense.py"
 SUITE = """
@@ -186,10 +186,16 @@ def test_submit_merge_and_verify(env, tmp_path, capsys):
     assert not passed
     assert "digits / smallcnn / noise-0.1 / fgsm: 1 of 120 re-run examples have another outcome" in report
     assert "submitted metrics differ from the re-run's: robust_accuracy" in report
-    # A spot check of whole batches finds it when it re-runs the batch that holds it.
-    passed, report = verify(forge(path, tmp_path, "one", one_outcome), examples=60, seed=1,
+    # A spot check of whole batches finds it when it re-runs the batch that holds it (the first of
+    # the two batches of 60), and only then.
+    seeds = {tuple(chosen_batches([range(60)] * 2, 60, seed)): seed for seed in range(10)}
+    with_it, without_it = seeds[(0,)], seeds[(1,)]
+    passed, report = verify(forge(path, tmp_path, "one", one_outcome), examples=60, seed=with_it,
                             suite_file=env)
-    assert "1 of 60 re-run examples have another outcome" in report or "60/60" in report
+    assert not passed and "1 of 60 re-run examples have another outcome" in report
+    passed, report = verify(forge(path, tmp_path, "one", one_outcome), examples=60, seed=without_it,
+                            suite_file=env)
+    assert passed and "a changed outcome outside them is not detected" in report
 
     # A raised rate with the hash recomputed but its counts left: refused without a re-run, and
     # by the leaderboard.
