@@ -73,7 +73,7 @@ def _cached_json(path: Path, compute: Callable[[], dict]) -> dict:
     value = compute()
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_suffix(f".partial{os.getpid()}")
-    partial.write_text(json.dumps(value), encoding="utf-8")
+    partial.write_text(json.dumps(value, allow_nan=False), encoding="utf-8")
     os.replace(partial, path)  # atomic: a killed run never leaves a truncated file behind
     return value
 

@@ -6,7 +6,8 @@ import sys
 from pathlib import Path
 
 from benchmark.errors import UsageError
-from benchmark.paths import REPO_ROOT, default_store_path
+from benchmark.files import write_text
+from benchmark.paths import default_leaderboard_dir, default_store_path
 
 
 def command_list(args) -> int:
@@ -51,17 +52,27 @@ def command_leaderboard(args) -> int:
 
     suite = load_suite(args.suite)
     store_path = Path(args.store or default_store_path(suite.name))
-    if not store_path.exists():
+    if not store_path.is_file():
         raise UsageError(f"no results store at {store_path}; run `rbench run {args.suite}` first")
-    out_dir = Path(args.out) if args.out else REPO_ROOT / "leaderboards" / suite.name
-    submissions = load_submissions(out_dir / "submissions", suite.name)
-    store = Store(store_path)
+    suite_dir = default_leaderboard_dir(suite.name)
+    out_dir = Path(args.out) if args.out else suite_dir
+    # The suite's own submissions always, and those of the output directory: an entry once.
+    loaded, notes = load_submissions([suite_dir / "submissions", out_dir / "submissions"], suite)
+    for note in notes:
+        print(f"rbench: {note}", file=sys.stderr)
+    store = Store(store_path, read_only=True)
     cell_ids = {cell.id for cell in suite.cells}
     if not any(record.cell_id in cell_ids for record in store.cells(suite.name, "done")):
         raise UsageError(f"the store {store_path} has no finished cell of suite '{suite.name}' as "
                          f"the suite file stands, so no leaderboard was written; run `rbench run "
                          f"{args.suite} --store {store_path}` first")
-    board = write_leaderboard(store, suite.name, out_dir, submissions, cell_ids)
+    board = write_leaderboard(store, suite.name, out_dir, [s for _, s in loaded], cell_ids)
+    for path, _ in loaded:  # the pages link each submission's file next to them
+        copy = out_dir / "submissions" / path.name
+        if copy.resolve() != path.resolve():
+            copy.parent.mkdir(parents=True, exist_ok=True)
+            write_text(copy, path.read_text())
+    submissions = [s for _, s in loaded]
     print(f"wrote {len(board['tables'])} tables to {out_dir}/leaderboard.{{md,csv,json}}"
           + (f", with {len(submissions)} submitted entries" if submissions else ""))
     reproduction = write_reproduction(suite, store, out_dir)
@@ -102,7 +113,7 @@ def command_submit(args) -> int:
 
     path = submit(args.defense_file, args.suite, args.name, Path(args.out) if args.out else None,
                   Path(args.store) if args.store else None, args.data_root,
-                  Path(args.cache) if args.cache else None, sandbox_limits(args))
+                  Path(args.cache) if args.cache else None, sandbox_limits(args), args.replace)
     print(f"wrote {path}; `rbench leaderboard {args.suite}` merges it, `rbench verify {path}` "
           f"re-checks it")
     return 0
@@ -112,7 +123,8 @@ def command_verify(args) -> int:
     from benchmark.submit import verify
 
     passed, report = verify(Path(args.submission), args.examples, args.seed,
-                            Path(args.plugin_file) if args.plugin_file else None, args.data_root,
+                            Path(args.plugin_file) if args.plugin_file else None,
+                            Path(args.suite_file) if args.suite_file else None, args.data_root,
                             Path(args.cache) if args.cache else None, limits=sandbox_limits(args))
     print(report)
     return 0 if passed else 1
@@ -159,13 +171,21 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="rbench", description=__doc__)
     parser.add_argument("--plugin", action="append", default=[], metavar="FILE.py",
                         help="load a file that registers defenses/attacks (repeatable)")
+    # --plugin is accepted after the subcommand too (its own dest: a subparser's default would
+    # overwrite the value given before the subcommand).
+    plugin_option = argparse.ArgumentParser(add_help=False)
+    plugin_option.add_argument("--plugin", action="append", default=[], metavar="FILE.py",
+                               dest="subcommand_plugins",
+                               help="load a file that registers components (repeatable)")
     commands = parser.add_subparsers(dest="command", required=True)
 
-    listing = commands.add_parser("list", help="list registered components")
+    listing = commands.add_parser("list", parents=[plugin_option],
+                                  help="list registered components")
     listing.add_argument("kind", choices=["defenses", "attacks", "tasks", "models", "poisoners"])
     listing.set_defaults(handler=command_list)
 
-    run = commands.add_parser("run", help="run a suite (resumes where a previous run stopped)")
+    run = commands.add_parser("run", parents=[plugin_option],
+                              help="run a suite (resumes where a previous run stopped)")
     run.add_argument("suite", help="a built-in suite name (e.g. mini) or a .toml path")
     run.add_argument("--store", help="results store (default: results/<suite>.sqlite)")
     run.add_argument("--data-root", help="directory holding local copies of the real datasets")
@@ -177,7 +197,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--num-cpus", type=int, help="CPUs of the local Ray instance (default: all)")
     run.set_defaults(handler=command_run)
 
-    board = commands.add_parser("leaderboard", help="write leaderboards/<suite>/ from the store")
+    board = commands.add_parser("leaderboard", parents=[plugin_option],
+                                help="write leaderboards/<suite>/ from the store")
     board.add_argument("suite")
     board.add_argument("--store")
     board.add_argument("--out", help="output directory (default: leaderboards/<suite>)")
@@ -185,8 +206,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="also write the static site (index.html and a page per table)")
     board.set_defaults(handler=command_leaderboard)
 
-    audit = commands.add_parser("audit", help="search for counterexamples to every certificate "
-                                "in the store, inside its own threat model; exit 1 if a row's "
+    audit = commands.add_parser("audit", parents=[plugin_option],
+                                help="search for counterexamples to every certificate in the "
+                                "store, inside its own threat model; exit 1 if a row's "
                                 "certificates are broken")
     audit.add_argument("suite")
     audit.add_argument("--store")
@@ -197,11 +219,14 @@ def build_parser() -> argparse.ArgumentParser:
                        "AUDIT_DEFAULTS)")
     audit.set_defaults(handler=command_audit)
 
-    submit = commands.add_parser("submit", help="run a suite for one defense file and write its "
-                                 "submission to leaderboards/<suite>/submissions/")
+    submit = commands.add_parser("submit", parents=[plugin_option],
+                                 help="run a suite for one defense file and write its submission "
+                                 "to leaderboards/<suite>/submissions/")
     submit.add_argument("defense_file", help="a .py file registering one defense")
     submit.add_argument("--suite", required=True)
     submit.add_argument("--name", required=True, help="the entry's name on the leaderboard")
+    submit.add_argument("--replace", action="store_true",
+                        help="overwrite an entry of that name made from another plugin file")
     submit.add_argument("--out", help="directory for the JSON (default: leaderboards/<suite>/submissions)")
     submit.add_argument("--store", help="results store (default: results/submissions/<suite>/...)")
     submit.add_argument("--data-root")
@@ -209,27 +234,27 @@ def build_parser() -> argparse.ArgumentParser:
     add_sandbox_options(submit)
     submit.set_defaults(handler=command_submit)
 
-    check = commands.add_parser("verify", help="check a submission's hashes and re-run a seeded "
-                                "subsample of it")
+    check = commands.add_parser("verify", parents=[plugin_option],
+                                help="check a submission's hashes and rates, and re-run it "
+                                "example by example")
     check.add_argument("submission", help="a submission JSON")
-    check.add_argument("--examples", type=int, default=50, help="examples re-run per cell (default 50)")
-    check.add_argument("--seed", type=int, default=0, help="seed of the subsample (default 0)")
+    check.add_argument("--examples", type=int, help="re-run seeded whole batches covering at least "
+                       "this many examples per cell (a spot check; default: every batch)")
+    check.add_argument("--seed", type=int, default=0, help="seed of the batch choice (default 0)")
     check.add_argument("--plugin-file", help="the defense file, if not at the recorded path")
+    check.add_argument("--suite-file", help="the suite file, if not at the recorded path")
     check.add_argument("--data-root")
     check.add_argument("--cache")
     add_sandbox_options(check)
     check.set_defaults(handler=command_verify)
 
-    gate = commands.add_parser("regress", help="compare a suite's numbers with a baseline "
-                               "(exit 1 on a significant regression), or write the baseline")
+    gate = commands.add_parser("regress", parents=[plugin_option],
+                               help="compare a suite's numbers with a baseline (exit 1 on a "
+                               "significant regression), or write the baseline")
     gate.add_argument("--suite", required=True, help="a built-in suite name or a .toml path")
     gate.add_argument("--baseline", help="a baseline JSON written by --write-baseline")
     gate.add_argument("--write-baseline", metavar="PATH",
                       help="run the suite and write its baseline (per-example outcomes) to PATH")
-    # its own dest: a subcommand's default would overwrite the files given before the subcommand
-    gate.add_argument("--plugin", action="append", default=[], dest="command_plugins",
-                      metavar="FILE.py", help="load a file that registers defenses/attacks "
-                      "(repeatable; as `rbench --plugin FILE.py regress ...`)")
     gate.add_argument("--store", help="read (and complete) this store instead of re-running in a "
                       "scratch store")
     gate.add_argument("--alpha", type=float, default=0.05,
@@ -248,7 +273,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         from benchmark.registry import load_plugin_file
 
-        for plugin in args.plugin + getattr(args, "command_plugins", []):
+        for plugin in args.plugin + getattr(args, "subcommand_plugins", []):
             load_plugin_file(plugin)
         return args.handler(args)
     except UsageError as error:

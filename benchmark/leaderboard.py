@@ -7,7 +7,7 @@ sample count and a 95% Clopper-Pearson interval.
 from __future__ import annotations
 
 import csv
-import json
+import io
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +16,7 @@ from tabulate import tabulate
 from benchmark import sanity
 from benchmark.audit import summarize as audit_summary
 from benchmark.certify import median_certified
+from benchmark.files import write_json, write_text
 from benchmark.stats import median_interval, rate
 from benchmark.store import Store
 
@@ -380,7 +381,7 @@ def render_markdown(board: dict) -> str:
 
 
 def write_csv(board: dict, path: Path) -> None:
-    with path.open("w", newline="") as handle:
+    with io.StringIO() as handle:
         writer = csv.writer(handle)
         writer.writerow(["suite", "task", "threat_id", "attack", "defense", "model", "metric",
                          "value", "n", "ci_low", "ci_high"])
@@ -395,13 +396,14 @@ def write_csv(board: dict, path: Path) -> None:
                     writer.writerow([board["suite"], table["task"], table["threat_id"],
                                      table["attack"] or "", row["defense"], row["model"],
                                      "sanity_flags", row["sanity_summary"], "", "", ""])
+        write_text(path, handle.getvalue())
 
 
 def write_leaderboard(store: Store, suite: str, out_dir: Path, submissions: list[dict] = (),
                       cell_ids: set[str] | None = None) -> dict:
     board = build_leaderboard(store, suite, submissions, cell_ids)
     out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "leaderboard.json").write_text(json.dumps(board, indent=1, sort_keys=True) + "\n")
-    (out_dir / "leaderboard.md").write_text(render_markdown(board))
+    write_json(out_dir / "leaderboard.json", board)
+    write_text(out_dir / "leaderboard.md", render_markdown(board))
     write_csv(board, out_dir / "leaderboard.csv")
     return board

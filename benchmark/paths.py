@@ -1,4 +1,5 @@
-"""Where the suite keeps its files: the cache (trained models, tool data) and results stores."""
+"""Where the suite keeps its files: the cache (trained models, tool data), results stores and
+leaderboards (each overridable by an environment variable, as the tests do)."""
 import os
 from pathlib import Path
 
@@ -11,3 +12,8 @@ def default_cache_dir() -> Path:
 
 def default_store_path(suite_name: str) -> Path:
     return Path(os.environ.get("RBENCH_RESULTS", REPO_ROOT / "results")) / f"{suite_name}.sqlite"
+
+
+def default_leaderboard_dir(suite_name: str) -> Path:
+    """A suite's leaderboard folder; its `submissions/` folder holds the suite's submissions."""
+    return Path(os.environ.get("RBENCH_LEADERBOARDS", REPO_ROOT / "leaderboards")) / suite_name

@@ -130,6 +130,9 @@ def load_plugin_file(path: str | Path) -> str:
     if not path.is_file():
         raise UsageError(f"plugin file not found: {path}; pass the path of a .py file that "
                          f"registers components with benchmark.registry decorators")
+    if path.suffix != ".py":
+        raise UsageError(f"plugin file {path} is not a Python file (.py); pass the path of a .py "
+                         f"file that registers components with benchmark.registry decorators")
     # One module per file: the same file loads once, two files that share a name both load.
     digest = hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:8]
     module_name = f"rbench_plugin_{path.stem}_{digest}"

@@ -28,7 +28,6 @@ attacked figure overstates its robustness.
 """
 from __future__ import annotations
 
-import json
 import math
 import tomllib
 from dataclasses import dataclass
@@ -41,6 +40,7 @@ from statsmodels.stats.proportion import test_proportions_2indep
 from benchmark import sanity
 from benchmark.certify import median_certified
 from benchmark.errors import UsageError
+from benchmark.files import write_json, write_text
 from benchmark.leaderboard import certified_robustness
 from benchmark.stats import lower_pvalue, median_interval, rate
 from benchmark.store import Store
@@ -330,6 +330,6 @@ def write_reproduction(suite: Suite, store: Store, out_dir: Path) -> dict | None
         return None
     table = build_reproduction(load_claims(path), suite, store)
     out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "REPRODUCTION.md").write_text(render_reproduction(table))
-    (out_dir / "reproduction.json").write_text(json.dumps(table, indent=1, sort_keys=True) + "\n")
+    write_text(out_dir / "REPRODUCTION.md", render_reproduction(table))
+    write_json(out_dir / "reproduction.json", table)
     return table

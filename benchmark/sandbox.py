@@ -159,7 +159,9 @@ class SandboxedModel:
             self.close()
             raise UsageError(f"{self.who}: its process died during {method} (exit code "
                              f"{self.process.exitcode}; -9 is SIGKILL, e.g. the system running out "
-                             f"of memory)") from None
+                             f"of memory; a native allocation refused under the sandbox's memory "
+                             f"limit of {self.limits.memory_gb:g} GB, --memory-limit, can abort "
+                             f"it)") from None
         if status == "error":
             if "MemoryError" in value or "can't allocate memory" in value:
                 value += (f" (the sandbox's memory limit is {self.limits.memory_gb:g} GB, "

@@ -14,6 +14,7 @@ import math
 import re
 from pathlib import Path
 
+from benchmark.files import write_text
 from benchmark.leaderboard import COLUMNS, run_history, table_columns
 from benchmark.reproduction import rule_text, verdict_counts
 
@@ -478,6 +479,6 @@ def write_site(board: dict, out_dir: Path, reproduction: dict | None = None) -> 
             old.unlink()
     written = []
     for name, content in pages.items():
-        (out_dir / name).write_text(content)
+        write_text(out_dir / name, content)
         written.append(out_dir / name)
     return written

@@ -112,18 +112,46 @@ class CellRecord:
 
 
 class Store:
-    def __init__(self, path: str | Path):
+    """A results store; `read_only` (the leaderboard) opens an existing store without writing to
+    it, so a store on a read-only file is read without leaving -wal or -shm files next to it."""
+
+    def __init__(self, path: str | Path, read_only: bool = False):
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.read_only = read_only
         try:
-            if not self.path.exists():
-                self._create()
-            self.db = sqlite3.connect(self.path, timeout=60, isolation_level=None)
+            if read_only:
+                self.db = sqlite3.connect(self._read_only_uri(), uri=True, timeout=60,
+                                          isolation_level=None)
+            else:
+                self._check_writable()
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                if not self.path.exists():
+                    self._create()
+                self.db = sqlite3.connect(self.path, timeout=60, isolation_level=None)
             self.db.row_factory = sqlite3.Row
             self._check()
         except sqlite3.DatabaseError as error:
             raise UsageError(f"{self.path} is not a readable rbench results store ({error}); "
                              f"move it away or pass another --store path") from error
+
+    def _check_writable(self) -> None:
+        """Refuse a store this process cannot write before SQLite opens it (which would leave -wal
+        and -shm files behind and fail at the first write)."""
+        folder = self.path.parent
+        while not folder.exists():
+            folder = folder.parent
+        for what, target in (("file", self.path), ("folder", folder)):
+            if target.exists() and not os.access(target, os.W_OK, effective_ids=True):
+                raise UsageError(f"results store {self.path}: its {what} {target} is read-only; "
+                                 f"make it writable (chmod u+w {target}) or pass another --store "
+                                 f"path")
+
+    def _read_only_uri(self) -> str:
+        # A file nobody may write has no writer to coordinate with: `immutable` reads it without
+        # the -shm file WAL readers otherwise create (unless a -wal file holds commits to read).
+        wal = self.path.with_name(f"{self.path.name}-wal")
+        immutable = not os.access(self.path, os.W_OK, effective_ids=True) and not wal.exists()
+        return f"{self.path.resolve().as_uri()}?mode=ro" + ("&immutable=1" if immutable else "")
 
     def _create(self) -> None:
         """Build the schema in a side file and rename it into place, so a run killed while
@@ -151,6 +179,8 @@ class Store:
         if version != SCHEMA_VERSION:
             raise UsageError(f"{self.path} has store schema {version}, this rbench reads "
                              f"{SCHEMA_VERSION}; use a new --store path")
+        if self.read_only:
+            return
         self.db.execute("PRAGMA journal_mode=WAL")
         # No fsync per commit (it cost ~6 ms a batch, a third of a small model's clean cell): in WAL
         # mode a commit still survives the process being killed and stays atomic; only an OS crash

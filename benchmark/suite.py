@@ -25,6 +25,7 @@ built on the poisoned training split and evaluated on clean and triggered test i
 from __future__ import annotations
 
 import hashlib
+import math
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,6 +43,8 @@ TASK_KEYS = {"task", "params", "model", "model_params", "train", "protocol", "re
 COMPONENT_KEYS = {"params", "tasks", "per_task"}
 CELL_KINDS = ("clean", "attacks", "backdoor")  # a defense's `cells`: which kinds of cell it gets
 PROTOCOL_TYPES = {"seed": int, "n_examples": int, "batch_size": int, "alpha": float, "certify": bool}
+# The smallest value each training setting may take (epochs = 0 keeps the initial weights).
+TRAIN_MINIMUM = {"epochs": 0, "batch_size": 1, "lr": 0.0, "weight_decay": 0.0}
 # Placement, not protocol: it never changes an outcome, so it stays out of cell ids.
 RESOURCE_DEFAULTS = {"num_cpus": 1.0, "num_gpus": 0.0}
 
@@ -60,6 +63,10 @@ class Suite:
 
 def resolve_suite_path(name_or_path: str) -> Path:
     path = Path(name_or_path)
+    if path.is_dir():
+        inside = ", ".join(sorted(p.name for p in path.glob("*.toml"))) or "none"
+        raise UsageError(f"{path} is a directory, not a suite file; pass the path of a .toml file "
+                         f"(.toml files in it: {inside}) or a built-in suite name")
     if path.suffix == ".toml" or path.exists():
         if not path.is_file():
             raise UsageError(f"suite file not found: {path}; pass the path of an existing .toml "
@@ -80,6 +87,28 @@ def _expect(value, expected_type, where: str, what: str):
     if not ok:
         raise UsageError(f"{where}: expected {what}, got {type(value).__name__} {value!r}")
     return value
+
+
+def _check_finite(value, where: str, key: str = "") -> None:
+    """Every number in a suite is finite: TOML's nan and inf are refused wherever they appear."""
+    if isinstance(value, float) and not math.isfinite(value):
+        raise UsageError(f"{where}, key '{key}': {value} is not a finite number; give a finite value")
+    if isinstance(value, dict):
+        for name, item in value.items():
+            _check_finite(item, where, f"{key}.{name}" if key else name)
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            _check_finite(item, where, f"{key}[{index}]")
+
+
+def _check_train(config: dict, where: str) -> None:
+    """Training settings (the suite's `train` table or a defense's own) have their type and range."""
+    for key, minimum in TRAIN_MINIMUM.items():
+        if key in config:
+            value = _expect(config[key], type(TRAIN_DEFAULTS[key]), f"{where}, key '{key}'",
+                            type(TRAIN_DEFAULTS[key]).__name__)
+            if value < minimum:
+                raise UsageError(f"{where}, key '{key}': must be >= {minimum:g}, got {value:g}")
 
 
 def resolve_config(defaults: dict, given: dict, where: str) -> dict:
@@ -106,6 +135,8 @@ def _protocol(base: dict, overrides: dict, where: str) -> Protocol:
                              f"{', '.join(PROTOCOL_TYPES)}")
         _expect(value, PROTOCOL_TYPES[key], f"{where}, key '{key}'", PROTOCOL_TYPES[key].__name__)
     protocol = Protocol(**merged)
+    if protocol.seed < 0:
+        raise UsageError(f"{where}: seed must be a non-negative integer, got {protocol.seed}")
     for key in ("n_examples", "batch_size"):
         if getattr(protocol, key) <= 0:
             raise UsageError(f"{where}: {key} must be positive, got {getattr(protocol, key)}")
@@ -145,16 +176,20 @@ def load_suite(name_or_path: str, data_root: str | Path | None = None,
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as error:
         raise UsageError(f"suite file {path} is not valid TOML: {error}; fix the syntax there") from error
     where = str(path)
+    _check_finite(raw, where)
     unknown = sorted(set(raw) - TOP_LEVEL_KEYS)
     if unknown:
         raise UsageError(f"{where}: unknown top-level key(s) {', '.join(unknown)}; valid: "
                          f"{', '.join(sorted(TOP_LEVEL_KEYS))}")
     name = _expect(raw.get("name", path.stem), str, f"{where}, key 'name'", "a string")
     seed = _expect(raw.get("seed", 0), int, f"{where}, key 'seed'", "an integer")
+    if seed < 0:
+        raise UsageError(f"{where}, key 'seed': must be a non-negative integer, got {seed}")
     root = data_root or raw.get("data_root")
     suite = Suite(name, path, hashlib.sha256(content).hexdigest(), seed,
                   Path(root) if root else None, raw.get("description", ""))
     base_protocol = {"seed": seed, **_table(raw, "protocol", where)}
+    _protocol(base_protocol, {}, f"{where}, [protocol]")  # its errors are reported where they are
     base_resources = _resources(RESOURCE_DEFAULTS, _table(raw, "resources", where), where)
     tasks = _table(raw, "tasks", where)
     defenses = _table(raw, "defenses", where) if defenses is None else defenses
@@ -163,6 +198,9 @@ def load_suite(name_or_path: str, data_root: str | Path | None = None,
     for section, entries in (("tasks", tasks), ("defenses", defenses)):
         if not entries:
             raise UsageError(f"{where}: the suite needs at least one entry under [{section}]")
+    for section, entries in (("defenses", defenses), ("attacks", attacks), ("poisoners", poisoners)):
+        for label, component in entries.items():
+            _check_task_labels(component, sorted(tasks), f"{where}, [{section}.{label}]")
 
     for task_label, task_raw in tasks.items():
         task_where = f"{where}, [tasks.{task_label}]"
@@ -181,13 +219,18 @@ def load_suite(name_or_path: str, data_root: str | Path | None = None,
         if model_entry.tags["modality"] != modality:
             raise UsageError(f"{task_where}: model '{model_entry.name}' is for "
                              f"{model_entry.tags['modality']} tasks, this task is {modality}")
-        task_spec = TaskSpec.make(task_name, {"seed": seed, **_table(task_raw, "params", task_where)})
+        task_params = {"seed": seed, **_table(task_raw, "params", task_where)}
+        if not isinstance(task_params["seed"], int) or task_params["seed"] < 0:
+            raise UsageError(f"{task_where}, key 'params.seed': must be a non-negative integer, got "
+                             f"{task_params['seed']!r}")
+        task_spec = TaskSpec.make(task_name, task_params)
         model_spec = ModelSpec.make(model_entry.name, _table(task_raw, "model_params", task_where))
         train = _table(task_raw, "train", task_where)
         bad = sorted(set(train) - set(TRAIN_DEFAULTS))
         if bad:
             raise UsageError(f"{task_where}, key 'train': unknown key(s) {', '.join(bad)}; valid: "
                              f"{', '.join(TRAIN_DEFAULTS)}")
+        _check_train(train, f"{task_where}, key 'train'")
         task_protocol = _table(task_raw, "protocol", task_where)
         protocol = _protocol(base_protocol, task_protocol, task_where)
         suite.resources[task_label] = _resources(base_resources,
@@ -243,6 +286,23 @@ def _task_selection(task_raw: dict, key: str, entries: dict, where: str) -> set:
     return set(labels)
 
 
+def _check_task_labels(raw, task_labels: list[str], where: str) -> None:
+    """A component's `tasks` and `per_task` name tasks of the suite: a typo is an error, never a
+    component silently dropped or an override silently ignored."""
+    if not isinstance(raw, dict):
+        return  # reported, with its place, when the component is read
+    named = {"tasks": raw.get("tasks", []), "per_task": raw.get("per_task", {})}
+    for key, labels in named.items():
+        _expect(labels, dict if key == "per_task" else list, f"{where}, key '{key}'",
+                "a table" if key == "per_task" else "a list")
+        unknown = sorted(str(label) for label in labels if label not in task_labels)
+        if unknown:
+            raise UsageError(f"{where}, key '{key}': unknown task(s) {', '.join(unknown)}; the "
+                             f"suite's tasks: {', '.join(task_labels)}")
+    for label, overrides in named["per_task"].items():
+        _expect(overrides, dict, f"{where}, key 'per_task.{label}'", "a table")
+
+
 def _cell_kinds(raw: dict, spec: DefenseSpec, where: str) -> tuple:
     """The kinds of cell a defense gets: `cells` from the suite, backdoor only if it is tagged."""
     backdoor = bool(DEFENSES.get(spec.name).tags.get("backdoor"))
@@ -283,6 +343,8 @@ def _component_spec(registry, section, name_key, label, raw, task_label, modalit
     defaults = getattr(entry.obj, "defaults", {})
     inherited = {k: v for k, v in train.items() if k in defaults and k not in given}
     config = resolve_config(defaults, {**inherited, **given}, entry_where)
+    if name_key == "defense":
+        _check_train(config, entry_where)
     if name_key == "attack":
         entry.obj(config)  # constructing validates the budget now, before any cell runs
         return AttackSpec.make(entry.name, config)

@@ -1,10 +1,14 @@
 """Malformed input, one row per kind: suites, data files, substitution tables, submissions and
 store files. Each is refused with exit status 2 and a message that names the input and the fix,
 and nothing is left half-written: no store, no leaderboard, no submission, inputs unchanged."""
+import contextlib
 import json
+import os
 import pickle
+import shutil
 import sqlite3
 import struct
+import tempfile
 import textwrap
 from pathlib import Path
 
@@ -79,11 +83,48 @@ SUITES = [
     ("alpha of 0", digits_with("batch_size = 10", "batch_size = 10\nalpha = 0.0"),
      ["alpha must be in (0, 1), got 0.0"]),
     ("negative n_examples", digits_with("n_examples = 10", "n_examples = -5"),
-     ["[tasks.digits]", "n_examples must be positive, got -5"]),
+     ["[protocol]", "n_examples must be positive, got -5"]),
     ("unknown protocol key", digits_with("batch_size = 10", "batch_size = 10\nexamples = 3"),
      ["unknown protocol key 'examples'", "valid:"]),
     ("unknown defense parameter", digits_with("[defenses.vanilla]", "[defenses.vanilla]\nparams = { epoch = 3 }"),
      ["[defenses.vanilla]", "unknown parameter(s) epoch", "valid parameters:"]),
+    # Typos that used to change the experiment silently, numbers out of range, misplaced messages.
+    ("per_task naming an unknown task", digits_with("params = { eps = 0.1 }",
+                                                    "params = { eps = 0.1 }\nper_task.digit = { eps = 0.3 }"),
+     ["[attacks.fgsm], key 'per_task'", "unknown task(s) digit", "the suite's tasks: digits"]),
+    ("defense tasks naming an unknown task", digits_with(
+        "[defenses.vanilla]", '[defenses.vanilla]\n[defenses.mixup]\ntasks = ["digit"]'),
+     ["[defenses.mixup], key 'tasks'", "unknown task(s) digit", "the suite's tasks: digits"]),
+    ("attack tasks naming an unknown task", digits_with("[attacks.fgsm]", '[attacks.fgsm]\ntasks = ["mnist"]'),
+     ["[attacks.fgsm], key 'tasks'", "unknown task(s) mnist", "the suite's tasks: digits"]),
+    ("per_task entry that is not a table", digits_with("params = { eps = 0.1 }",
+                                                       "params = { eps = 0.1 }\nper_task.digits = 0.3"),
+     ["[attacks.fgsm], key 'per_task.digits'", "expected a table, got float"]),
+    ("NaN budget", digits_with("eps = 0.1", "eps = nan"),
+     ["key 'attacks.fgsm.params.eps'", "nan is not a finite number", "give a finite value"]),
+    ("infinite budget", digits_with("eps = 0.1", "eps = inf"),
+     ["key 'attacks.fgsm.params.eps'", "inf is not a finite number"]),
+    ("NaN resources", lambda t: run_suite(t, "[resources]\nnum_gpus = nan\n" + DIGITS),
+     ["key 'resources.num_gpus'", "nan is not a finite number"]),
+    ("negative epochs", digits_with("epochs = 0", "epochs = -3"),
+     ["[tasks.digits], key 'train', key 'epochs'", "must be >= 0, got -3"]),
+    ("zero training batch size", digits_with("epochs = 0", "epochs = 0, batch_size = 0"),
+     ["[tasks.digits], key 'train', key 'batch_size'", "must be >= 1, got 0"]),
+    ("negative learning rate in a defense", digits_with("[defenses.vanilla]",
+                                                        "[defenses.vanilla]\nparams = { lr = -0.1 }"),
+     ["[defenses.vanilla], key 'lr'", "must be >= 0, got -0.1"]),
+    ("training epochs of the wrong type", digits_with("epochs = 0", 'epochs = "ten"'),
+     ["key 'train', key 'epochs'", "expected int, got str"]),
+    ("negative seed", lambda t: run_suite(t, "seed = -1\n" + DIGITS),
+     ["key 'seed'", "must be a non-negative integer, got -1"]),
+    ("negative protocol seed", digits_with("batch_size = 10", "batch_size = 10\nseed = -2"),
+     ["[protocol]", "seed must be a non-negative integer, got -2"]),
+    ("negative task seed", digits_with('model = "smallcnn"', 'model = "smallcnn"\nparams = { seed = -4 }'),
+     ["[tasks.digits], key 'params.seed'", "must be a non-negative integer, got -4"]),
+    ("protocol key of the wrong type", digits_with("batch_size = 10", "batch_size = 10\ncertify = 3"),
+     ["[protocol], key 'certify'", "expected bool, got int 3"]),
+    ("a directory given as the suite", lambda t: ["run", str(t)],
+     ["is a directory, not a suite file", "pass the path of a .toml file"]),
 ]
 
 
@@ -182,6 +223,16 @@ DATA = [
      ["train.txt, line 2", "label 2 is outside 0..1"]),
     ("label that is not a number", sst2(rows=["a good film\tpositive"]),
      ["train.txt, line 1", "label 'positive' is not an integer"]),
+    ("blank line", sst2(rows=["a good film\t1", "", "a bad film\t0"]),
+     ["train.txt, line 2: blank line", "remove it"]),
+    ("line holding only a carriage return", sst2(rows=["a good film\t1", "\r", "a bad film\t0"]),
+     ["train.txt, line 2: blank line", "remove it"]),
+    ("old Mac (CR) line endings", sst2(rows=["a good film\t1\ra bad film\t0"]),
+     ["train.txt, line 1: a carriage return (CR) inside the line", "LF or CRLF line endings"]),
+    ("byte-order mark before a header", lambda t: _offenseval(t, "\ufeffSentence\tLabel\nok\t0\n"),
+     ["train.tsv, line 1: the file starts with a byte-order mark (BOM)", "UTF-8 without a BOM"]),
+    ("blank line in a TSV file", lambda t: _offenseval(t, "Sentence\tLabel\nok\t0\n\nbad\t1\n"),
+     ["train.tsv, line 3: blank line", "remove it"]),
     ("images of the wrong shape", mnist(images_ndim=2),
      ["train-images-idx3-ubyte", "not an idx file of unsigned bytes with 3 dimension(s)"]),
     ("image labels out of range", mnist(max_label=12), ["labels-idx1-ubyte", "label 12 is outside 0..9"]),
@@ -244,6 +295,27 @@ def submission(name: str, model_body: str, *options: str, build: str = "return M
     return make
 
 
+def _text_file(tmp_path):
+    path = tmp_path / "defense.txt"
+    path.write_text("print('hello')\n")
+    return path
+
+
+def _json_file(tmp_path, value):
+    path = tmp_path / "entry.json"
+    path.write_text(json.dumps(value))
+    return path
+
+
+def taken_name(tmp_path):
+    """`submit --name entry` when entry.json holds the submission of another plugin file."""
+    argv = submission("taken", "")(tmp_path)
+    (tmp_path / "submissions").mkdir()
+    (tmp_path / "submissions" / "entry.json").write_text(json.dumps(
+        {"format": "rbench-submission/2", "plugin": {"file": "other.py", "sha256": "0" * 64}}))
+    return argv
+
+
 FAILED = "1 cell(s) of the submission failed, so nothing was written"
 SUBMISSIONS = [
     ("submission file missing", lambda t: ["submit", str(t / "nope.py"), "--suite", "mini", "--name", "x"],
@@ -274,11 +346,34 @@ SUBMISSIONS = [
     ("submission exceeding the memory limit", submission("hungry", """
         def predict(self, xs):
             return np.ones(2**30, dtype=np.int64)[:len(xs)]
-        """, "--memory-limit", "2"), [FAILED, "predict raised MemoryError", "memory limit is 2 GB"]),
+        """, "--memory-limit", "2"), [FAILED, "predict raised MemoryError", "memory limit is 2 GB",
+                                      "Fix the defense or raise the sandbox limit it hit"]),
     ("submission reading the test labels", submission("peeks", "", build="return task.test.ys"),
      [FAILED, "build raised AttributeError: 'NoneType' object has no attribute 'ys'"]),
     ("sandbox limit that is not positive", submission("limit", "", "--time-limit", "0"),
      ["--time-limit must be a positive number"]),
+    ("submission whose process dies", submission("dies", """
+        def predict(self, xs):
+            import os, signal
+            os.kill(os.getpid(), signal.SIGKILL)
+        """, "--memory-limit", "2"), [FAILED, "process died during predict (exit code -9",
+                                      "memory limit of 2 GB", "or raise the sandbox limit it hit"]),
+    ("entry name taken by another plugin", taken_name,
+     ["entry.json is the submission of another plugin file (other.py", "choose another --name",
+      "--replace"]),
+    ("defense file that is not Python", lambda t: ["submit", str(_text_file(t)), "--suite", "mini",
+                                                   "--name", "x"],
+     ["defense.txt is not a Python file (.py)", "pass the path of a .py file"]),
+    ("--plugin file that is not Python", lambda t: ["list", "defenses", "--plugin", str(_text_file(t))],
+     ["defense.txt is not a Python file (.py)"]),
+    ("--plugin that is a directory", lambda t: ["--plugin", str(t), "list", "defenses"],
+     ["plugin file not found", "pass the path of a .py file"]),
+    ("verify: a file that is not JSON", lambda t: ["verify", str(_text_file(t))],
+     ["defense.txt is not a submission file (invalid JSON"]),
+    ("verify: a submission of the old format", lambda t: ["verify", str(_json_file(t, {"format": "rbench-submission/1"}))],
+     ["is not an rbench submission in the current format", "submit the defense again"]),
+    ("verify: no examples", lambda t: ["verify", str(_json_file(t, {})), "--examples", "0"],
+     ["--examples must be at least 1, got 0"]),
 ]
 
 
@@ -325,6 +420,62 @@ def test_bad_input_is_refused_with_a_clear_error(tmp_path, monkeypatch, capsys, 
     assert snapshot(tmp_path) == before  # no store, leaderboard or submission; inputs untouched
 
 
+@contextlib.contextmanager
+def unprivileged():
+    """Run as an ordinary user: root may write any file, so a test of a read-only store run as
+    root drops its effective ids to nobody's for the duration."""
+    if os.geteuid() != 0:
+        yield
+        return
+    os.setegid(65534)
+    os.seteuid(65534)
+    try:
+        yield
+    finally:
+        os.seteuid(0)
+        os.setegid(0)
+
+
+@pytest.fixture
+def shared_tmp():
+    """A scratch folder an unprivileged user can enter (pytest's own are private to root)."""
+    folder = Path(tempfile.mkdtemp(prefix="rbench-read-only-"))
+    folder.chmod(0o777)
+    yield folder
+    for path in folder.rglob("*"):
+        if path.is_dir():
+            path.chmod(0o777)
+    shutil.rmtree(folder)
+
+
+def test_a_read_only_store_is_refused_untouched_and_still_readable(shared_tmp, monkeypatch, capsys):
+    monkeypatch.setenv("RBENCH_CACHE", str(shared_tmp / "cache"))
+    suite = shared_tmp / "suite.toml"
+    suite.write_text(DIGITS)
+    store = shared_tmp / "store.sqlite"
+    assert main(["run", str(suite), "--store", str(store)]) == 0
+    for leftover in shared_tmp.glob("store.sqlite-*"):
+        leftover.unlink()
+    store.chmod(0o444)
+    locked = shared_tmp / "locked"
+    locked.mkdir(mode=0o555)
+    capsys.readouterr()
+    with unprivileged():
+        read_only_file = main(["run", str(suite), "--store", str(store)])
+        file_message = capsys.readouterr().err
+        read_only_folder = main(["run", str(suite), "--store", str(locked / "new" / "store.sqlite")])
+        folder_message = capsys.readouterr().err
+        board = main(["leaderboard", str(suite), "--store", str(store), "--out",
+                      str(shared_tmp / "board")])
+    assert read_only_file == 2 and "Traceback" not in file_message
+    assert f"results store {store}: its file {store} is read-only" in file_message
+    assert f"chmod u+w {store}" in file_message and "pass another --store path" in file_message
+    assert read_only_folder == 2 and f"its folder {locked} is read-only" in folder_message
+    assert board == 0 and (shared_tmp / "board" / "leaderboard.json").is_file()
+    assert sorted(p.name for p in shared_tmp.glob("store.sqlite*")) == ["store.sqlite"]  # no -wal, -shm
+    assert not any(locked.iterdir())
+
+
 def test_the_table_covers_every_kind_of_input():
-    assert len(CASES) >= 30
+    assert len(CASES) >= 74
     assert {len(SUITES) >= 15, len(DATA) >= 10, len(TABLES) >= 2, len(SUBMISSIONS) >= 7} == {True}

@@ -11,6 +11,7 @@ table, read from `<data_root>/synonyms/counterfitted_neighbors.json` (it has no 
 """
 from __future__ import annotations
 
+import codecs
 import csv
 import gzip
 import io
@@ -79,6 +80,9 @@ def _required_file(folder: Path, filename: str, task: str, data_root: Path) -> P
 
 def _read_utf8(path: Path) -> str:
     raw = path.read_bytes()
+    if raw.startswith(codecs.BOM_UTF8):
+        raise DataError(f"{path}, line 1: the file starts with a byte-order mark (BOM); save it as "
+                        f"UTF-8 without a BOM")
     try:
         return raw.decode("utf-8")
     except UnicodeDecodeError as error:
@@ -92,6 +96,16 @@ def _lines(text: str) -> list[str]:
     if text.endswith("\n"):
         text = text[:-1]
     return [line.removesuffix("\r") for line in text.split("\n")] if text else []
+
+
+def _check_not_blank(line: str, path: Path, number: int) -> None:
+    """A blank line (or one holding only a carriage return or spaces) is named as such, not
+    reported as a row with a wrong number of columns."""
+    if not line.strip():
+        raise DataError(f"{path}, line {number}: blank line; remove it (every line is one example)")
+    if "\r" in line:
+        raise DataError(f"{path}, line {number}: a carriage return (CR) inside the line, e.g. "
+                        f"old Mac line endings; save the file with LF or CRLF line endings")
 
 
 def _clean_text(text: str, path: Path, line: int) -> str:
@@ -115,6 +129,7 @@ def _parse_label(field: str, path: Path, line: int, labels: range) -> int:
 def _read_sst2_file(path: Path) -> tuple[list[str], np.ndarray]:
     texts, labels = [], []
     for number, line in enumerate(_lines(_read_utf8(path)), start=1):
+        _check_not_blank(line, path, number)
         fields = line.split("\t")
         if len(fields) != 2:
             raise DataError(f"{path}, line {number}: expected 'sentence<TAB>label' "
@@ -138,6 +153,9 @@ def _read_csv_rows(path: Path, delimiter: str, header: list[str]) -> list[tuple[
         raise DataError(f"{path}, line 1: header must be {delimiter.join(header)!r}, "
                         f"found {found!r}")
     for number, row in rows[1:]:
+        if not any(field.strip() for field in row):
+            raise DataError(f"{path}, line {number}: blank line; remove it (every line after the "
+                            f"header is one example)")
         if len(row) != len(header):
             raise DataError(f"{path}, line {number}: expected {len(header)} columns "
                             f"({', '.join(header)}), found {len(row)}")
