@@ -303,3 +303,16 @@ def test_ciss_soft_radius_stays_finite_and_an_unreachable_margin_is_refused(task
     assert torch.isfinite(logits.grad).all()
     with pytest.raises(UsageError, match="margin 1 cannot be met.*at most sigma"):
         defended(task, cache, "ciss", sigma=0.25, margin=1.0)
+
+
+def test_vote_predicts_by_argmax_and_abstains_only_under_cohens_rule(task, cache):
+    """RanMASK's PREDICT (Algorithm 2) is the argmax of the vote counts and never abstains;
+    Cohen's PREDICT (`predict_rule = "cohen"`) abstains when 5 copies cannot separate the top two
+    counts at alpha = 0.05 (even 5 of 5 has a two-sided p of 0.0625)."""
+    xs = task.test.xs[:20]
+    argmax = defended(task, cache, "ranmask", rho=0.7, predict_samples=5).predict(xs)
+    cohen = defended(task, cache, "ranmask", rho=0.7, predict_samples=5,
+                     predict_rule="cohen").predict(xs)
+    assert ABSTAIN not in set(argmax) and set(cohen) == {ABSTAIN}
+    with pytest.raises(UsageError, match="predict_rule must be one of argmax, cohen"):
+        defended(task, cache, "ranmask", predict_rule="vote")

@@ -22,8 +22,13 @@ from benchmark.interfaces import ABSTAIN, Certificate
 from benchmark.models.text import WordTokenizer
 
 ENSEMBLES = ("vote", "logit")
-SMOOTHING_DEFAULTS = {"ensemble": "vote", "predict_samples": 100, "predict_alpha": 0.05,
-                      "certify_n0": 100, "certify_n": 5000, "eval_batch_size": 1024}
+# The vote's deployed decision: "argmax" of the vote counts, which never abstains (RanMASK's
+# PREDICT, Algorithm 2, and SAFER's ensemble); "cohen" is Cohen et al.'s PREDICT, which abstains
+# unless a two-sided binomial test at predict_alpha separates the top two counts.
+PREDICT_RULES = ("argmax", "cohen")
+SMOOTHING_DEFAULTS = {"ensemble": "vote", "predict_rule": "argmax", "predict_samples": 100,
+                      "predict_alpha": 0.05, "certify_n0": 100, "certify_n": 5000,
+                      "eval_batch_size": 1024}
 # Settings that change how the trained model is used, not how it is trained (shared cache entry).
 SMOOTHING_INFERENCE_KEYS = tuple(SMOOTHING_DEFAULTS)
 
@@ -35,6 +40,9 @@ def check_smoothing_config(config: dict, name: str) -> None:
     for key in ("predict_samples", "certify_n0", "certify_n", "eval_batch_size"):
         if config[key] < 1:
             raise UsageError(f"defense '{name}': {key} must be >= 1, got {config[key]}")
+    if config["predict_rule"] not in PREDICT_RULES:
+        raise UsageError(f"defense '{name}': predict_rule must be one of {', '.join(PREDICT_RULES)}, "
+                         f"got {config['predict_rule']!r}")
     if not 0 < config["predict_alpha"] < 1:
         raise UsageError(f"defense '{name}': predict_alpha must be in (0, 1)")
 
@@ -198,7 +206,8 @@ class SmoothedText:
             if self.config["ensemble"] == "vote":
                 counts = result.counts(self.num_classes)
                 probs[i] = counts / counts.sum()
-                labels[i] = stats.predict(counts, self.config["predict_alpha"])
+                labels[i] = (stats.predict(counts, self.config["predict_alpha"])
+                             if self.config["predict_rule"] == "cohen" else int(np.argmax(counts)))
             else:  # the seed's logit ensemble: the mean of the l2-normalised logits
                 normalised = result.logits / np.maximum(np.linalg.norm(result.logits, axis=1, keepdims=True), 1e-12)
                 mean = (normalised * result.weights()[:, None]).sum(axis=0) / len(result.inverse)
