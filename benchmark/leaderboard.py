@@ -23,7 +23,7 @@ REPORT_ALPHA = 0.05  # every reported interval is a 95% interval
 # radius of at least r); units not listed get only the overall certified accuracy.
 CERTIFIED_RADII = {"l2": (0.0, 0.25, 0.5, 0.75, 1.0)}
 MANIFEST_KEYS = ("suite", "suite_sha256", "seed", "git_commit", "git_dirty", "packages", "python",
-                 "device", "torch_threads", "determinism", "data", "protocols")
+                 "device", "cpu", "gpu", "torch_threads", "determinism", "data", "protocols")
 
 
 def cell_metrics(outcomes: list[dict], has_attack: bool, unit: str | None = None) -> dict:
