@@ -504,6 +504,12 @@ def write_csv(board: dict, path: Path) -> None:
                     writer.writerow([board["suite"], table["task"], table["threat_id"],
                                      table["attack"] or "", row["defense"], row["model"],
                                      "sanity_flags", row["sanity_summary"], "", "", ""])
+        for matrix in board["matrices"]:
+            for row in matrix["rows"]:
+                worst = row["cells"]["worst_case_accuracy"]
+                writer.writerow([board["suite"], matrix["task"], f"worst case: {matrix['family']}",
+                                 "", row["defense"], row["model"], "worst_case_accuracy",
+                                 worst["value"], worst["n"], worst["low"], worst["high"]])
 
 
 def write_leaderboard(store: Store, suite: str, out_dir: Path, submissions: list[dict] = (),
