@@ -221,7 +221,8 @@ def build_matrices(tables: list[dict], attacked: dict) -> list[dict]:
                                   if (task, r["defense"], r["model"], t["threat_id"]) in attacked))
         rows, per_example = [], []
         for defense, model in keys:
-            runs = [(t, next(r for r in t["rows"] if (r["defense"], r["model"]) == (defense, model)))
+            runs = [(t, next(r for r in t["rows"] if (r["defense"], r["model"]) == (defense, model)
+                             and not r.get("submission")))
                     for t in members if (task, defense, model, t["threat_id"]) in attacked]
             robust = worst_case([attacked[(task, defense, model, t["threat_id"])] for t, _ in runs])
             source = clean_rows.get((defense, model), {}).get("metrics", {})
@@ -234,7 +235,7 @@ def build_matrices(tables: list[dict], attacked: dict) -> list[dict]:
             for check in runs[0][1].get("sanity", []):
                 if check["status"] != "flag":
                     continue
-                named = [t["threat_id"] for t in members if t["attack"] in check["attacks"]]
+                named = [t["threat_id"] for t in members if t["attack"] in check.get("attacks", ())]
                 for key in named + (["worst_case_accuracy"] if named else []):
                     row["flags"].setdefault(key, []).append(f"{check['name']}: {check['detail']}")
             rows.append(row)
