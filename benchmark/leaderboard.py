@@ -321,7 +321,9 @@ def build_leaderboard(store: Store, suite: str, submissions: list[dict] = (),
                               submitted["description"], submitted.get("attack_params"))
             table["certificate_units"] = sorted(set(table["certificate_units"]) |
                                                 set(submitted["certificate_units"]))
-            table.setdefault("kind", submitted["kind"])
+            # a submission written before tables recorded their kind: clean, or a test-time attack
+            table.setdefault("kind", submitted.get("kind") or
+                             (CLEAN if submitted["threat_id"] == "clean" else ATTACK))
             table.setdefault("ranked_by", RANKED_BY[table["kind"]])
             table["rows"] += [{**row, "submission": submission["entry"]} for row in submitted["rows"]]
     checks = {key: sanity.run_checks(group) for key, group in runs.items()}
