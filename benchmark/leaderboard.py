@@ -406,15 +406,17 @@ def table_rows(table: dict) -> tuple[list[str], list[list[str]]]:
 
 
 def matrix_columns(matrix: dict) -> list[tuple[str, str]]:
-    """(cell key, label) of a matrix's columns: clean accuracy, accuracy under each attack,
-    certified accuracy with its unit when a row certifies, worst case."""
+    """(cell key, label) of a matrix's columns: the worst case it ranks by (first, so it is seen
+    however many attacks follow), clean accuracy, accuracy under each attack, certified accuracy
+    with its unit when a row certifies."""
     units = ", ".join(matrix["certificate_units"])
-    found = [("clean_accuracy", metric("clean_accuracy").label)]
+    found = [("worst_case_accuracy", metric("worst_case_accuracy").label),
+             ("clean_accuracy", metric("clean_accuracy").label)]
     found += [(a["threat_id"], f"{a['label']} %") for a in matrix["attacks"]]
     if any("certified_accuracy" in r["cells"] for r in matrix["rows"]):
         found.append(("certified_accuracy", metric("certified_accuracy").label +
                       (f" ({units})" if units else "")))
-    return found + [("worst_case_accuracy", metric("worst_case_accuracy").label)]
+    return found
 
 
 def rank_interval(row: dict) -> str:
