@@ -32,7 +32,7 @@ leaderboard: install
 # synchronisation (measured: 10x the CPU time when other processes share the cores).
 regress: install
 	OMP_NUM_THREADS=1 $(VENV)/bin/rbench regress --suite ci-regress \
-		--baseline leaderboards/ci-regress/leaderboard.json
+		--baseline leaderboards/ci-regress/baseline.json
 
 test: install
 	$(PY) -m pytest

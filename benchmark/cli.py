@@ -56,8 +56,12 @@ def command_leaderboard(args) -> int:
     out_dir = Path(args.out) if args.out else REPO_ROOT / "leaderboards" / suite.name
     submissions = load_submissions(out_dir / "submissions", suite.name)
     store = Store(store_path)
-    board = write_leaderboard(store, suite.name, out_dir, submissions,
-                              {cell.id for cell in suite.cells})
+    cell_ids = {cell.id for cell in suite.cells}
+    if not any(record.cell_id in cell_ids for record in store.cells(suite.name, "done")):
+        raise UsageError(f"the store {store_path} has no finished cell of suite '{suite.name}' as "
+                         f"the suite file stands, so no leaderboard was written; run `rbench run "
+                         f"{args.suite} --store {store_path}` first")
+    board = write_leaderboard(store, suite.name, out_dir, submissions, cell_ids)
     print(f"wrote {len(board['tables'])} tables to {out_dir}/leaderboard.{{md,csv,json}}"
           + (f", with {len(submissions)} submitted entries" if submissions else ""))
     reproduction = write_reproduction(suite, store, out_dir)
@@ -111,10 +115,21 @@ def add_sandbox_options(parser: argparse.ArgumentParser) -> None:
 
 
 def command_regress(args) -> int:
-    from benchmark.regress import regress
+    from benchmark.regress import regress, write_baseline
 
-    status, report = regress(args.suite, Path(args.baseline), Path(args.store) if args.store else None,
-                             args.alpha, args.data_root, Path(args.cache) if args.cache else None)
+    store = Path(args.store) if args.store else None
+    cache = Path(args.cache) if args.cache else None
+    if (args.baseline is None) == (args.write_baseline is None):
+        raise UsageError("give exactly one of --baseline (compare with it) and --write-baseline "
+                         "(run the suite and write its baseline)")
+    if args.write_baseline is not None:
+        if args.summary or args.junit:
+            raise UsageError("--summary and --junit report a comparison: use them with --baseline")
+        print(write_baseline(args.suite, Path(args.write_baseline), store, args.data_root, cache))
+        return 0
+    status, report = regress(args.suite, Path(args.baseline), store, args.alpha, args.data_root,
+                             cache, Path(args.summary) if args.summary else None,
+                             Path(args.junit) if args.junit else None)
     print(report)
     return status
 
@@ -173,13 +188,22 @@ def build_parser() -> argparse.ArgumentParser:
     check.set_defaults(handler=command_verify)
 
     gate = commands.add_parser("regress", help="compare a suite's numbers with a baseline "
-                               "leaderboard.json; exit 1 on a significant regression")
-    gate.add_argument("--suite", required=True)
-    gate.add_argument("--baseline", required=True, help="a leaderboard.json")
+                               "(exit 1 on a significant regression), or write the baseline")
+    gate.add_argument("--suite", required=True, help="a built-in suite name or a .toml path")
+    gate.add_argument("--baseline", help="a baseline JSON written by --write-baseline")
+    gate.add_argument("--write-baseline", metavar="PATH",
+                      help="run the suite and write its baseline (per-example outcomes) to PATH")
+    # its own dest: a subcommand's default would overwrite the files given before the subcommand
+    gate.add_argument("--plugin", action="append", default=[], dest="command_plugins",
+                      metavar="FILE.py", help="load a file that registers defenses/attacks "
+                      "(repeatable; as `rbench --plugin FILE.py regress ...`)")
     gate.add_argument("--store", help="read (and complete) this store instead of re-running in a "
                       "scratch store")
     gate.add_argument("--alpha", type=float, default=0.05,
                       help="family-wise significance level (default 0.05)")
+    gate.add_argument("--summary", metavar="PATH", help="also write the report as Markdown (e.g. "
+                      "$GITHUB_STEP_SUMMARY)")
+    gate.add_argument("--junit", metavar="PATH", help="also write a JUnit XML report")
     gate.add_argument("--data-root")
     gate.add_argument("--cache")
     gate.set_defaults(handler=command_regress)
@@ -191,7 +215,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         from benchmark.registry import load_plugin_file
 
-        for plugin in args.plugin:
+        for plugin in args.plugin + getattr(args, "command_plugins", []):
             load_plugin_file(plugin)
         return args.handler(args)
     except UsageError as error:

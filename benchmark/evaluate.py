@@ -3,7 +3,6 @@ examples in fixed batches, and writes per-example outcomes to the store a batch 
 from __future__ import annotations
 
 import datetime
-import hashlib
 import inspect
 import os
 import platform
@@ -24,7 +23,8 @@ from benchmark.errors import NotRun, UsageError
 from benchmark.interfaces import ABSTAIN
 from benchmark.models import build_model
 from benchmark.paths import REPO_ROOT, default_cache_dir
-from benchmark.registry import ATTACKS, DEFENSES, MODELS, POISONERS
+from benchmark.registry import (ATTACKS, DEFENSES, MODELS, POISONERS, local_source_files,
+                                source_sha256)
 from benchmark.specs import Cell, content_hash
 from benchmark.store import Store
 from benchmark.suite import Suite
@@ -70,11 +70,14 @@ class BuildContext:
 
 
 def source_hash(*objects) -> str:
-    """Hash of the source files defining `objects`: the code version part of a cache key. It hashes
-    the files' contents, not their paths, so the same code has the same key in any checkout."""
-    files = {inspect.getsourcefile(obj) for obj in objects}
-    digests = sorted(hashlib.sha256(Path(path).read_bytes()).hexdigest() for path in files)
-    return content_hash(digests)
+    """Hash of the code of `objects`: the code version part of a cache key. It covers the files
+    defining them and every local module those import (`registry.local_source_files`: a plugin's
+    helper module too), by content, so the same code has the same key in any checkout."""
+    files = set()
+    for obj in objects:
+        module = inspect.getmodule(obj)
+        files.update(local_source_files(inspect.getsourcefile(obj), module.__spec__.parent))
+    return source_sha256(files)
 
 
 def build_cache_key(cell: Cell, task) -> str:

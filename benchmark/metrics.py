@@ -5,7 +5,9 @@ verification read this module; nothing else declares metric names.
 Kinds: a `rate` has successes out of n and a Clopper-Pearson interval; a `mean` has n and a
 standard deviation; a `median` has n and an order-statistic interval. Direction: +1 when higher is
 better, -1 when lower is better, 0 when neither is (a stronger defense can raise or lower the
-attack's query count), so the gate reports such a change but never fails on it.
+attack's query count), so the gate shows such a metric but never tests it. The gate
+(benchmark/regress.py) pairs two runs example by example, so every metric with a direction also
+needs a per-example form: the metric computed on one example alone.
 """
 from __future__ import annotations
 

@@ -6,11 +6,13 @@ file can be loaded with `--plugin path.py`. The engine never imports a defense o
 """
 from __future__ import annotations
 
+import ast
 import hashlib
 import importlib
 import importlib.util
 import pkgutil
 import sys
+import sysconfig
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
 from pathlib import Path
@@ -146,3 +148,90 @@ def load_plugin_file(path: str | Path) -> str:
         del sys.modules[module_name]
         raise UsageError(f"plugin {path} failed to load: {type(error).__name__}: {error}") from error
     return module_name
+
+
+# Where installed code lives: the standard library and site-packages (of a venv too).
+_INSTALLED = tuple({Path(sysconfig.get_paths()[key]).resolve()
+                    for key in ("stdlib", "platstdlib", "purelib", "platlib")})
+
+
+def local_source_files(path: str | Path, package: str = "") -> list[Path]:
+    """The Python file at `path` and every Python file it imports, directly or through another such
+    file, that is not installed (not in the standard library or site-packages): a helper module next
+    to a plugin, the project's own modules. Model cache keys and plugin hashes cover all of them, so
+    editing any of them (say `EPOCHS` in a plugin's helper) changes the key. `package` is the file's
+    package, for its relative imports. Imports are read from the source, those inside functions
+    included, so the answer does not depend on what happens to have been imported already."""
+    found: set[Path] = set()
+    todo = [(Path(path).resolve(), package)]
+    while todo:
+        file, package = todo.pop()
+        if file in found:
+            continue
+        found.add(file)
+        for name in _imported_names(file, package):
+            spec = _local_spec(name)
+            if spec is not None:
+                todo.append((Path(spec.origin).resolve(), spec.parent))
+    return sorted(found)
+
+
+def source_sha256(files) -> str:
+    """SHA-256 over the contents of `files` (not their paths: the same code hashes the same in any
+    checkout)."""
+    digests = sorted(hashlib.sha256(Path(file).read_bytes()).hexdigest() for file in files)
+    return hashlib.sha256("\n".join(digests).encode()).hexdigest()
+
+
+def plugin_sha256(path: str | Path) -> str:
+    """The hash of a plugin file together with every local module it imports."""
+    return source_sha256(local_source_files(path))
+
+
+def _imported_names(file: Path, package: str) -> set[str]:
+    """Every module name an import statement in `file` may load: `import a.b` loads a and a.b;
+    `from a import b` loads a, and a.b when b is a submodule."""
+    names = set()
+    for node in ast.walk(ast.parse(file.read_bytes(), str(file))):
+        if isinstance(node, ast.Import):
+            bases, members = [alias.name for alias in node.names], []
+        elif isinstance(node, ast.ImportFrom):
+            try:
+                base = importlib.util.resolve_name("." * node.level + (node.module or ""), package)
+            except (ImportError, ValueError):  # a relative import beyond the top-level package
+                continue
+            bases = [base]
+            members = [f"{base}.{alias.name}" for alias in node.names if alias.name != "*"]
+        else:
+            continue
+        for name in bases:
+            parts = name.split(".")
+            names.update(".".join(parts[:i]) for i in range(1, len(parts) + 1))
+        names.update(members)
+    return names
+
+
+def _local_spec(name: str):
+    """The spec of module `name` when it is a local (not installed) Python file, else None. An
+    installed top-level package is recognised without importing it (finding a submodule's spec
+    imports its parents, and some installed packages take seconds to import)."""
+    try:
+        top = importlib.util.find_spec(name.partition(".")[0])
+        if top is None:
+            return None
+        # a package's folders, or a module's file ("built-in" or "frozen" for some stdlib modules)
+        if not any(_is_local(path) for path in top.submodule_search_locations or [top.origin]):
+            return None
+        spec = importlib.util.find_spec(name)
+    except (ImportError, ValueError, AttributeError):  # not importable here, or not a module
+        return None
+    return spec if spec is not None and spec.origin and spec.origin.endswith(".py") \
+        and _is_local(spec.origin) else None
+
+
+def _is_local(path: str | None) -> bool:
+    """A file or folder outside the standard library and site-packages (and not "built-in")."""
+    if not path or not Path(path).is_absolute():
+        return False
+    resolved = Path(path).resolve()
+    return not any(resolved.is_relative_to(root) for root in _INSTALLED)

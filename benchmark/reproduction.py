@@ -29,6 +29,7 @@ attacked figure overstates its robustness.
 from __future__ import annotations
 
 import json
+import math
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
@@ -179,6 +180,27 @@ def _no_better_than_majority(outcomes: list[dict]) -> str | None:
             f"always predicting the majority class ({100 * majority:.1f}%)")
 
 
+def _collapsed(outcomes: list[dict], vanilla: list[dict] | None) -> str | None:
+    """Why a cell's classifier has collapsed, or None. Adversarial training at a large budget can
+    end in a model that predicts a few classes far below the undefended model; a claim decided on
+    it says nothing about the method. Collapsed: it predicts fewer than half of the classes in the
+    sample, or its clean accuracy is below half of the vanilla model's on the same task (one-sided
+    exact binomial test at ALPHA), a loss far beyond the usual robustness-accuracy trade-off."""
+    labels = np.array([o["label"] for o in outcomes])
+    predicted = {o["clean_prediction"] for o in outcomes}
+    present = len(set(labels.tolist()))
+    reasons = []
+    if len(predicted) < math.ceil(present / 2):
+        reasons.append(f"it predicts {len(predicted)} of the {present} classes in the sample")
+    if vanilla:
+        correct = int(sum(o["clean_prediction"] == o["label"] for o in outcomes))
+        vanilla_rate = sum(o["clean_prediction"] == o["label"] for o in vanilla) / len(vanilla)
+        if binomtest(correct, len(labels), vanilla_rate / 2, alternative="less").pvalue < ALPHA:
+            reasons.append(f"its clean accuracy {100 * correct / len(labels):.1f}% is below half "
+                           f"of the vanilla model's ({100 * vanilla_rate:.1f}%)")
+    return f"collapsed: {' and '.join(reasons)}" if reasons else None
+
+
 def _find_cell(suite: Suite, side: dict):
     for cell in suite.cells:
         if (cell.task_label, cell.defense_label, cell.attack_label) == \
@@ -231,9 +253,13 @@ def evaluate_claim(claim: Claim, suite: Suite, store: Store) -> dict:
         if not values[key]:
             problems.append(f"{_side_name(side)} has no examples for {row['metric']}")
             continue
-        degenerate = _no_better_than_majority(outcomes)
-        if degenerate:
-            problems.append(f"{_side_name(side)}: {degenerate}")
+        vanilla_cell = _find_cell(suite, {"task": side["task"], "defense": "vanilla"})
+        vanilla = (store.outcomes(vanilla_cell.id) if vanilla_cell is not None and
+                   side["defense"] != "vanilla" and store.cell_status(vanilla_cell.id) == "done"
+                   else None)
+        for degenerate in (_no_better_than_majority(outcomes), _collapsed(outcomes, vanilla)):
+            if degenerate:
+                problems.append(f"{_side_name(side)}: {degenerate}")
     if problems:
         return {**row, "verdict": "not testable here", "detail": "; ".join(problems)}
     forward, backward, test = _test(claim, values["better"], values["worse"])
@@ -263,8 +289,9 @@ def rule_text(table: dict) -> str:
         f"at level {table['alpha']} (exact McNemar on the shared examples for rates, Mann-Whitney U "
         f"for certified radii, a score test against the stated margin for \"small cost\" claims); "
         f"it does not hold when both cells were measured and the test does not reject; it is "
-        f"not testable here when a cell was not run or its classifier is no better than always "
-        f"predicting the majority class (reason given). A failed sanity check of a side's "
+        f"not testable here when a cell was not run, its classifier is no better than always "
+        f"predicting the majority class, or it collapsed (predicts fewer than half of the classes, "
+        f"or its clean accuracy is below half of the vanilla model's) (reason given). A failed sanity check of a side's "
         f"defense (leaderboard.md, \"Sanity checks\") is named beside the verdict: that side's "
         f"attacked figure overstates its robustness. Our figures are rates in % "
         f"with 95% Clopper-Pearson intervals, or medians with 95% order-statistic intervals, and n. "

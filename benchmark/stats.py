@@ -1,4 +1,5 @@
-"""Interval statistics for every rate the suite reports (Clopper-Pearson, from statsmodels)."""
+"""Interval statistics for every rate the suite reports (Clopper-Pearson, from statsmodels), and the
+exact tests that compare two measurements of the same examples."""
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
@@ -57,20 +58,36 @@ def median_interval(values, alpha: float = 0.05) -> tuple[float, float]:
     return float(ordered[l - 1]), float(ordered[n - l])
 
 
+def paired_changes(before: dict, after: dict) -> tuple[int, int, int]:
+    """Per-example values keyed by example index (0/1 outcomes, or radii with -inf for N/A), of the
+    same examples measured twice: (down, up, shared), how many of the examples both measured have a
+    lower and a higher value in `after`, and how many both measured."""
+    shared = before.keys() & after.keys()
+    down = sum(1 for i in shared if after[i] < before[i])
+    up = sum(1 for i in shared if after[i] > before[i])
+    return down, up, len(shared)
+
+
+def sign_test(down: int, up: int, alternative: str = "two-sided") -> float:
+    """Exact sign test on paired examples: a binomial test of `down` out of the `down + up` examples
+    that changed, at 1/2 (`alternative="greater"`: down more often than up). On 0/1 outcomes it is
+    the exact McNemar test. 1.0 when no example changed."""
+    if down + up == 0:
+        return 1.0
+    return float(binomtest(down, down + up, 0.5, alternative=alternative).pvalue)
+
+
 def lower_pvalue(a: dict, b: dict) -> tuple[float, str]:
     """One-sided p-value that the rate of `a` is below the rate of `b`, for per-example 0/1
     outcomes keyed by example index, and the test's name.
 
     Paired (exact McNemar: a binomial test on the discordant examples) when one side's examples
     contain the other's, as the evaluator's nested samples do; Fisher's exact test otherwise."""
-    shared = set(a) & set(b)
-    if shared and len(shared) == min(len(a), len(b)):
-        a_only = sum(1 for i in shared if b[i] and not a[i])
-        b_only = sum(1 for i in shared if a[i] and not b[i])
-        if a_only + b_only == 0:
-            return 1.0, f"paired McNemar, {len(shared)} shared examples, none discordant"
-        p = binomtest(a_only, a_only + b_only, 0.5, alternative="greater").pvalue
-        return float(p), f"paired McNemar, {len(shared)} shared examples"
+    a_lower, a_higher, shared = paired_changes(b, a)
+    if shared and shared == min(len(a), len(b)):
+        if a_lower + a_higher == 0:
+            return 1.0, f"paired McNemar, {shared} shared examples, none discordant"
+        return sign_test(a_lower, a_higher, "greater"), f"paired McNemar, {shared} shared examples"
     if not a or not b:
         return 1.0, "no examples"
     ka, kb = sum(map(bool, a.values())), sum(map(bool, b.values()))

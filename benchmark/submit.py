@@ -25,7 +25,7 @@ from tabulate import tabulate
 
 from benchmark.errors import UsageError
 from benchmark.paths import REPO_ROOT, default_cache_dir, default_store_path
-from benchmark.registry import DEFENSES, load_plugin_file
+from benchmark.registry import DEFENSES, load_plugin_file, plugin_sha256
 from benchmark.sandbox import Sandbox, SandboxLimits
 from benchmark.specs import canonical_json
 
@@ -33,10 +33,6 @@ FORMAT = "rbench-submission/1"
 ENTRY_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 MODALITIES = ("text", "image", "any")
 VERIFY_ALPHA = 0.05
-
-
-def sha256_file(path: Path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
 def results_hash(results: dict) -> str:
@@ -138,7 +134,7 @@ def submit(plugin: str | Path, suite_ref: str, entry_name: str, out_dir: Path | 
                          f"starting with a letter or digit")
     plugin = Path(plugin)
     entry = load_defense_plugin(plugin)
-    plugin_sha = sha256_file(plugin)
+    plugin_sha = plugin_sha256(plugin)
     own_labels = {cell.defense_label for cell in load_suite(suite_ref, data_root).cells}
     if entry_name in own_labels:
         raise UsageError(f"entry name '{entry_name}' is already a defense of suite '{suite_ref}'; "
@@ -243,8 +239,9 @@ def _verify(path: Path, examples: int, seed: int, plugin_file: Path | None, data
     plugin = Path(plugin_file) if plugin_file else resolve_recorded(submission["plugin"]["file"])
     if not plugin.is_file():
         raise UsageError(f"plugin file {plugin} not found; pass its path with --plugin-file")
-    if sha256_file(plugin) != submission["plugin"]["sha256"]:
-        problems.append(f"plugin hash: MISMATCH: {plugin} is not the file that was submitted")
+    if plugin_sha256(plugin) != submission["plugin"]["sha256"]:
+        problems.append(f"plugin hash: MISMATCH: {plugin} (or a local module it imports) is not "
+                        f"the code that was submitted")
     else:
         lines.append(f"plugin hash: ok ({submission['plugin']['sha256'][:16]}, {plugin})")
     if problems:

@@ -5,7 +5,8 @@
     [protocol]            # n_examples, batch_size, alpha, certify
     [tasks.<label>]       # task = registered name (default: label), params, model, model_params,
                           # train = {epochs, lr, ...}, protocol = {overrides},
-                          # resources = {overrides of [resources] for this task's cells}
+                          # resources = {overrides of [resources] for this task's cells},
+                          # defenses = [labels], attacks = [labels] to run only those on it
     [defenses.<label>]    # defense = registered name (default: label), params, tasks = [labels],
                           # per_task.<task label> = {param overrides}
     [attacks.<label>]     # attack = registered name (default: label), same keys as defenses,
@@ -36,7 +37,8 @@ from benchmark.specs import AttackSpec, Cell, DefenseSpec, ModelSpec, PoisonSpec
 SUITES_DIR = Path(__file__).parent / "suites"
 TOP_LEVEL_KEYS = {"name", "description", "seed", "data_root", "protocol", "tasks", "defenses",
                   "attacks", "resources", "poisoners"}
-TASK_KEYS = {"task", "params", "model", "model_params", "train", "protocol", "resources"}
+TASK_KEYS = {"task", "params", "model", "model_params", "train", "protocol", "resources",
+             "defenses", "attacks"}
 COMPONENT_KEYS = {"params", "tasks", "per_task"}
 CELL_KINDS = ("clean", "attacks", "backdoor")  # a defense's `cells`: which kinds of cell it gets
 PROTOCOL_TYPES = {"seed": int, "n_examples": int, "batch_size": int, "alpha": float, "certify": bool}
@@ -191,7 +193,11 @@ def load_suite(name_or_path: str, data_root: str | Path | None = None,
         suite.resources[task_label] = _resources(base_resources,
                                                  _table(task_raw, "resources", task_where), task_where)
 
+        only_defenses = _task_selection(task_raw, "defenses", defenses, task_where)
+        only_attacks = _task_selection(task_raw, "attacks", attacks, task_where)
         for defense_label, defense_raw in defenses.items():
+            if defense_label not in only_defenses:
+                continue
             defense_spec = _component_spec(DEFENSES, "defenses", "defense", defense_label,
                                            defense_raw, task_label, modality, where, train)
             if defense_spec is None:
@@ -201,6 +207,8 @@ def load_suite(name_or_path: str, data_root: str | Path | None = None,
                 suite.cells.append(Cell(task_spec, model_spec, defense_spec, None, protocol,
                                         task_label, defense_label))
             for attack_label, attack_raw in attacks.items() if "attacks" in kinds else ():
+                if attack_label not in only_attacks:
+                    continue
                 attack_spec = _component_spec(ATTACKS, "attacks", "attack", attack_label,
                                               attack_raw, task_label, modality, where, {})
                 if attack_spec is not None:
@@ -221,6 +229,18 @@ def load_suite(name_or_path: str, data_root: str | Path | None = None,
         raise UsageError(f"{where}: no (task, defense) pair is compatible; check the modalities "
                          f"and `tasks` lists")
     return suite
+
+
+def _task_selection(task_raw: dict, key: str, entries: dict, where: str) -> set:
+    """The labels of `entries` a task runs: its own `defenses` / `attacks` list, else all of them."""
+    if key not in task_raw:
+        return set(entries)
+    labels = _expect(task_raw[key], list, f"{where}, key '{key}'", "a list of labels")
+    unknown = sorted(set(labels) - set(entries))
+    if unknown:
+        raise UsageError(f"{where}, key '{key}': {', '.join(map(str, unknown))} not in the suite's "
+                         f"[{key}] (labels: {', '.join(entries) or 'none'})")
+    return set(labels)
 
 
 def _cell_kinds(raw: dict, spec: DefenseSpec, where: str) -> tuple:

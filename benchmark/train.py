@@ -65,7 +65,8 @@ def iterate_batches(xs, ys: np.ndarray, batch_size: int, rng: np.random.Generato
 def fit(model: nn.Module, xs: np.ndarray | Sequence[str], ys: np.ndarray, *, epochs: int,
         batch_size: int, lr: float, weight_decay: float = 0.0, seed: int = 0,
         loss_fn: Callable = cross_entropy_loss, description: str = "train",
-        on_epoch_start: Callable[[int], None] | None = None, optimizer: str = "adam",
+        on_epoch_start: Callable[[int], None] | None = None,
+        on_epoch_end: Callable[[int], None] | None = None, optimizer: str = "adam",
         momentum: float = 0.9, lr_milestones: Sequence[int] = (), lr_gamma: float = 0.1) -> nn.Module:
     """Adam (default) or SGD with momentum, every batch drawn from a generator seeded by `seed`
     (reproducible). `lr_milestones` multiplies the learning rate by `lr_gamma` after each listed
@@ -93,5 +94,8 @@ def fit(model: nn.Module, xs: np.ndarray | Sequence[str], ys: np.ndarray, *, epo
             opt.zero_grad()
             loss.backward()
             opt.step()
+        if on_epoch_end is not None:
+            on_epoch_end(epoch)
+            model.train()
     model.eval()
     return model

@@ -6,7 +6,7 @@ import pytest
 from benchmark.data import load_task
 from benchmark.data.base import Split, SubstitutionTable, Task
 from benchmark.data.embedded import STYLE_WORDS, load_ctoy_task, load_toy_sentiment_task
-from benchmark.errors import DataError
+from benchmark.errors import DataError, UsageError
 from benchmark.specs import TaskSpec
 
 
@@ -17,25 +17,49 @@ def test_digits_is_the_real_bundled_set():
     assert set(np.unique(task.test.ys)) == set(range(10))
 
 
-@pytest.mark.parametrize("loader", [load_ctoy_task, load_toy_sentiment_task])
-def test_generated_tasks_are_deterministic_for_a_seed(loader):
-    first, again, other = loader(seed=1), loader(seed=1), loader(seed=2)
+@pytest.mark.parametrize("loader, sizes", [(load_ctoy_task, {"n_train": 60, "n_test": 30}),
+                                           (load_toy_sentiment_task, {})])
+def test_generated_tasks_are_deterministic_for_a_seed(loader, sizes):
+    first, again, other = loader(seed=1, **sizes), loader(seed=1, **sizes), loader(seed=2, **sizes)
     assert first.checksums() == again.checksums()
     assert first.checksums() != other.checksums()
 
 
-def test_ctoy_colour_follows_the_class_in_training_only():
-    task = load_ctoy_task(seed=0, n_train=900, n_test=900)
+def _block_colours(split):
+    """Per image, the share of its block pixels (outside the white geometry) in each colour; NaN for
+    an image the geometry covers entirely."""
+    blocks = split.xs
+    white = blocks.min(axis=1) > 0.95
+    colour = np.argmax(blocks, axis=1)  # channel 2 red, 1 green, 0 blue
+    class_of_channel = np.array([0, 1, 2])[::-1]  # blue -> triangle (0), green -> 1, red -> circle (2)
+    shares = np.stack([((class_of_channel[colour] == c) & ~white).sum((1, 2)) for c in range(3)], 1)
+    with np.errstate(invalid="ignore"):
+        return shares / shares.sum(1, keepdims=True)
 
-    def colour_agreement(split):
-        # the block colour is the channel that dominates the saturated pixels
-        saturated = split.xs.max(axis=1) > 0.85
-        dominant = [np.argmax(x[:, mask].mean(axis=1)) if mask.any() else -1
-                    for x, mask in zip(split.xs, saturated)]
-        return np.mean(np.array(dominant) == split.ys)
 
-    assert colour_agreement(task.train) > 0.7
-    assert colour_agreement(task.test) < 0.45
+def test_ctoy_blocks_follow_the_class_80_10_10_and_the_counterfactual_swaps_them():
+    """Appendix A: triangle / square / circle blocks are blue / green / red with probability 0.8, in
+    training and in the (biased) test split; the counterfactual test split keeps the geometries
+    and draws the blocks from another class's distribution."""
+    biased = load_ctoy_task(seed=0, n_train=300, n_test=300, size=32)
+    swapped = load_ctoy_task(seed=0, n_train=300, n_test=300, size=32, test_colours="counterfactual")
+    for split in (biased.train, biased.test):
+        shares = _block_colours(split)
+        own = shares[np.arange(len(split)), split.ys]
+        assert 0.75 < np.nanmean(own) < 0.85
+    own = _block_colours(swapped.test)[np.arange(len(swapped.test)), swapped.test.ys]
+    assert np.nanmean(own) < 0.15
+    assert np.array_equal(biased.train.xs, swapped.train.xs)
+    white = lambda xs: xs.min(axis=1) > 0.95
+    assert np.array_equal(white(biased.test.xs), white(swapped.test.xs))
+    assert np.array_equal(biased.test.ys, swapped.test.ys)
+
+
+@pytest.mark.parametrize("params, problem", [({"size": 30}, "multiple of 4"),
+                                             ({"test_colours": "unbiased"}, "test_colours")])
+def test_ctoy_bad_parameters_are_named(params, problem):
+    with pytest.raises(UsageError, match=problem):
+        load_ctoy_task(n_train=3, n_test=3, **params)
 
 
 def test_toy_sentiment_style_words_are_confounded_in_training_only():

@@ -8,6 +8,7 @@ import pytest
 
 from benchmark.cli import main
 from benchmark.store import Store
+from benchmark.suite import load_suite
 
 FIXTURES = Path(__file__).parent / "fixtures"
 
@@ -157,7 +158,20 @@ BAD_SUITES = [
     ("unknown top-level key", 'tsaks = 1\n', "unknown top-level key(s) tsaks", "tasks"),
     ("incompatible pairing", '[tasks.digits]\nmodel = "smallcnn"\n[defenses.vanilla]\n'
      '[attacks.deepwordbug]\ntasks = ["digits"]\n', "is for text tasks but is listed for image task", ""),
+    ("unknown defense in a task's list", '[tasks.digits]\nmodel = "smallcnn"\ndefenses = ["vanila"]\n'
+     '[defenses.vanilla]\n', "key 'defenses': vanila not in the suite's [defenses]", "labels: vanilla"),
 ]
+
+
+def test_a_task_runs_only_the_defenses_and_attacks_it_lists(tmp_path):
+    suite_file = tmp_path / "selected.toml"
+    suite_file.write_text('[tasks.digits]\nmodel = "smallcnn"\n'
+                          '[tasks.few]\ntask = "digits"\nmodel = "smallcnn"\n'
+                          'defenses = ["madry"]\nattacks = []\n'
+                          '[defenses.vanilla]\n[defenses.madry]\n[attacks.fgsm]\n')
+    cells = {(c.task_label, c.defense_label, c.attack_label) for c in load_suite(str(suite_file)).cells}
+    assert cells == {("digits", "vanilla", None), ("digits", "vanilla", "fgsm"),
+                     ("digits", "madry", None), ("digits", "madry", "fgsm"), ("few", "madry", None)}
 
 
 @pytest.mark.parametrize("case, content, message, hint", BAD_SUITES, ids=[c[0] for c in BAD_SUITES])

@@ -184,3 +184,30 @@ def test_cells_of_an_earlier_suite_version_stay_off_the_leaderboard(setup):
     current = build_leaderboard(store, suite.name, cell_ids={c.id for c in suite.cells})
     assert [row["cell_id"] for row in madry_pgd_rows(current)] == \
         [c.id for c in suite.cells if c.defense_label == "madry" and c.attack_label == "pgd"]
+
+
+def test_a_collapsed_model_is_not_evidence(setup):
+    """Adversarial training at a large budget can collapse to a few classes far below the vanilla
+    model: above the majority class (10% of 10 classes) but not a defense worth comparing."""
+    suite, store, tmp_path = setup
+    cells = {(c.defense_label, c.attack_label): c for c in suite.cells}
+
+    def ten_class(correct, predicted):
+        return [{"example_index": i, "label": i % 10, "clean_prediction": predicted(i) if not correct(i)
+                 else i % 10, "adversarial_prediction": i % 10 if correct(i) else predicted(i),
+                 "success": not correct(i), "certified": None, "radius": None, "abstained": None,
+                 "extra": {}} for i in range(100)]
+
+    # mixup predicts classes 0 and 1 only; the fixture's vanilla clean cell is right everywhere
+    cell = cells[("mixup", "cw")]
+    store.open_cell(suite.name, cell, 1, "test", None)
+    store.write_batch(cell.id, 0, ten_class(lambda i: i % 10 < 2, lambda i: i % 2))
+    store.finish_cell(cell.id)
+    claims = claims_file(tmp_path, claim(
+        "collapse", "robust_accuracy", '{ task = "digits", defense = "mixup", attack = "cw" }',
+        '{ task = "digits", defense = "madry", attack = "pgd" }'))
+    row = build_reproduction(claims, suite, store)["rows"][0]
+    assert row["verdict"] == "not testable here"
+    assert "not above always predicting the majority class" not in row["detail"]
+    assert "collapsed: it predicts 2 of the 10 classes in the sample" in row["detail"]
+    assert "below half of the vanilla model's (100.0%)" in row["detail"]

@@ -289,3 +289,17 @@ def test_pretrained_word_vectors_by_path(task, tmp_path):
     assert model.embedding.weight[stoi["bad"]].tolist() == [-1, -2, -3, -4]
     with pytest.raises(UsageError, match="embedding_dim"):
         build_model(ModelSpec.make("bilstm", {"embedding_dim": 8, "vectors_path": str(vectors)}), task)
+
+
+def test_ciss_soft_radius_stays_finite_and_an_unreachable_margin_is_refused(task, cache):
+    """p_A -> 0 (a confidently wrong example) must not give Phi^-1(0) = -infinity; and a margin
+    above sigma * Phi^-1(soft_upper) would keep the hinge from ever reaching 0."""
+    from defenses.text.ciss import soft_radius
+
+    logits = torch.tensor([[60.0, -60.0], [0.0, 0.0]], requires_grad=True)
+    radius = soft_radius(logits, torch.tensor([1, 0]), sigma=1.0, upper=0.99)
+    assert torch.isfinite(radius).all() and radius[0] < 0
+    radius.sum().backward()
+    assert torch.isfinite(logits.grad).all()
+    with pytest.raises(UsageError, match="margin 1 cannot be met.*at most sigma"):
+        defended(task, cache, "ciss", sigma=0.25, margin=1.0)

@@ -201,13 +201,72 @@ def test_white_box_attacks_reach_vanilla(digits, tmp_path):
 def test_adversarial_training_defenses_train_and_deploy(digits, tmp_path):
     for name, params in [("madry", {"eps": 0.2, "steps": 2}), ("trades", {"eps": 0.2, "steps": 2}),
                          ("mixup", {}), ("causaladv-m", {"eps": 0.2, "steps": 2, "lambda": 0.3}),
-                         ("causaladv-t", {"eps": 0.2, "steps": 2, "lambda": 0.3})]:
+                         ("causaladv-t", {"eps": 0.2, "steps": 2, "lambda": 0.3}),
+                         ("causaladv-m", {"eps": 0.2, "steps": 2, "lambda": 0.3,
+                                          "objective": "reference"})]:
         model = build_defense(name, digits, tmp_path, epochs=3, lr=3e-3, **params)
         assert isinstance(model, DefendedModel) and isinstance(model, Differentiable)
         assert accuracy(model, digits.test.xs, digits.test.ys) > 0.2, name
     assert DEFENSES.get("trades").obj.defaults["beta"] == 6.0
-    assert DEFENSES.get("causaladv-t").obj.defaults["beta"] == 6.0
-    assert DEFENSES.get("causaladv-m").obj.defaults["beta"] == 1.0
+    # CausalAdv: the paper's beta weighs the natural style term (1.0, App. D); TRADES' is its own key.
+    for name, trades_beta in [("causaladv-m", 1.0), ("causaladv-t", 6.0)]:
+        defaults = DEFENSES.get(name).obj.defaults
+        assert (defaults["objective"], defaults["beta"], defaults["trades_beta"]) == (
+            "paper", 1.0, trades_beta)
+
+
+def _causaladv_trainer(digits, objective, mode="m", lam=1.0):
+    from defenses.vision.causaladv import CausalAdvTrainer, _CausalAdv
+
+    torch.manual_seed(0)
+    model = build_model(TINY_CNN, digits)
+    config = {**_CausalAdv.defaults, "eps": 0.2, "steps": 3, "objective": objective,
+              "trades_beta": 6.0 if mode == "t" else 1.0, "lambda": lam}
+    trainer = CausalAdvTrainer(model, digits.num_classes, config, mode, seed=0)
+    trainer.on_epoch_start(config["epochs"])  # full lambda and ratio
+    return model, trainer
+
+
+@pytest.mark.parametrize("mode", ["m", "t"])
+def test_causaladv_paper_attack_maximises_the_classification_loss_only(digits, mode):
+    """Eq. 2: the training perturbation attacks h's classification loss, so g cannot change it;
+    the reference's attack also maximises the style term, so g does (lambda is large here so the
+    style term's gradient decides signs)."""
+    x = torch.as_tensor(digits.train.xs[:16])
+    y = torch.as_tensor(digits.train.ys[:16])
+    for objective, g_matters in [("paper", False), ("reference", True)]:
+        model, trainer = _causaladv_trainer(digits, objective, mode, lam=1e3)
+        features = model.features(x).detach()
+        basis = trainer.basis.update(features, model.head.weight.detach())
+        trainer.g(torch.zeros(4, features.shape[1]), y[:4], 0.0, update_covariance=True)
+        torch.manual_seed(1)
+        before = trainer.adversarial(model, x, y, basis)
+        with torch.no_grad():
+            for p in trainer.g.parameters():
+                p.add_(torch.randn_like(p))
+        torch.manual_seed(1)
+        after = trainer.adversarial(model, x, y, basis)
+        assert (not torch.equal(before, after)) == g_matters, objective
+
+
+def test_causaladv_paper_objective_trains_g_jointly_with_h(digits):
+    """Eq. 11 is minimised over (theta, W_g): g moves along the gradient of the whole loss."""
+    model, trainer = _causaladv_trainer(digits, "paper")
+    x = torch.as_tensor(digits.train.xs[:32])
+    y = torch.as_tensor(digits.train.ys[:32])
+    start = [p.detach().clone() for p in trainer.g.parameters()]
+    loss = trainer(model, x, y)
+    loss.backward()
+    gradient = [p.grad.clone() for p in trainer.g.parameters()]
+    assert any(g.abs().sum() > 0 for g in gradient)
+    trainer(model, x, y)  # the next step applies g's update from the previous loss
+    moved = [p.detach() - s for p, s in zip(trainer.g.parameters(), start)]
+    assert any(m.abs().sum() > 0 for m in moved)
+
+
+def test_causaladv_unknown_objective_is_an_error(digits):
+    with pytest.raises(UsageError, match="objective must be one of paper, reference"):
+        _causaladv_trainer(digits, "printed")
 
 
 def test_sgd_schedule_and_augmentation():
@@ -494,3 +553,64 @@ def test_paper_suites_dry_run(tmp_path, suite_name):
         model = build_defense(cell.defense.name, small, tmp_path / cell.defense.name,
                               model=stand_in, **params)
         assert model.predict(small.test.xs).shape == (4,)
+
+
+def test_best_checkpoint_keeps_the_epoch_with_the_highest_validation_pgd_accuracy(digits, tmp_path):
+    """checkpoint = "best" (Rice et al. 2020): selected on a validation split carved from the
+    training data, so the test split never chooses the model."""
+    from defenses.vision.common import BestCheckpoint, validation_split
+
+    train_index, validation_index = validation_split(len(digits.train), seed=0)
+    assert not set(train_index) & set(validation_index)
+    assert len(validation_index) == round(0.1 * len(digits.train))
+    assert set(train_index) | set(validation_index) == set(range(len(digits.train)))
+    seen = []
+    original = BestCheckpoint.update
+
+    def recording(self, epoch):
+        original(self, epoch)
+        seen.append(self)
+
+    BestCheckpoint.update = recording
+    try:
+        model = build_defense("madry", digits, tmp_path, epochs=4, lr=3e-3, eps=0.2, steps=2,
+                              checkpoint="best")
+    finally:
+        BestCheckpoint.update = original
+    keeper = seen[-1]
+    assert len(keeper.history) == 4
+    assert keeper.robust_accuracy() == max(keeper.history)
+    assert model.module is keeper.module
+    with pytest.raises(UsageError, match="checkpoint must be one of last, best"):
+        build_defense("madry", digits, tmp_path / "other", epochs=1, eps=0.2, steps=2,
+                      checkpoint="first")
+
+
+def test_autoattack_rand_is_the_reference_version_for_randomized_defenses(digits, tmp_path):
+    """version = "rand": APGD-CE and APGD-DLR with EOT over 20 draws, on the defense's own random
+    draws through its BPDA surrogate; refused for a deterministic model (nothing to average)."""
+    from benchmark.errors import NotApplicable
+
+    attack = make_attack("autoattack", version="rand", eps=0.2)
+    built = attack.build(Unfoolable(), 10, "cpu", seed=0)
+    assert built.version == "rand" and built.attacks_to_run == ["apgd-ce", "apgd-dlr"]
+    assert built.apgd.eot_iter == 20 and built.apgd.n_restarts == 1 and built.apgd.n_iter == 100
+    assert attack.queries(10) == 2 * 100 * 20
+    assert "20 random draws" in attack.describe() and "BPDA" in attack.describe()
+    with pytest.raises(UsageError, match="draws does not apply to version = 'rand'"):
+        make_attack("autoattack", version="rand", draws=4)
+    smoothed = build_defense("randomized-smoothing", digits, tmp_path, epochs=5, lr=3e-3,
+                             n_predict=20, alpha_predict=0.1)
+    right = np.flatnonzero(smoothed.predict(digits.test.xs[:40]) == digits.test.ys[:40])[:4]
+    assert len(right)
+    xs, ys = digits.test.xs[right], digits.test.ys[right]
+    calls = []
+    surrogate = smoothed.logits
+    smoothed.logits = lambda x: calls.append(1) or surrogate(x)  # count the draws it takes
+    outcomes = attack.run(smoothed, xs, ys, seed=0)
+    assert len(calls) > 100 * 20  # fresh draws at every EOT step, no fixed-draw cap
+    adversarial = np.stack([o.adversarial for o in outcomes])
+    assert np.abs(adversarial - xs).max() <= 0.2 + 1e-5
+    deterministic = build_defense("vanilla", digits, tmp_path / "vanilla", epochs=1)
+    with pytest.raises(NotApplicable, match="deterministic"):
+        attack.run(deterministic, xs, ys, seed=0)

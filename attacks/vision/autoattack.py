@@ -2,20 +2,26 @@
 
 `version = "standard"` is the reference's standard evaluation exactly: APGD-CE (100 iterations),
 APGD-T (100 iterations, 9 target classes), FAB-T (9 targets) and Square (5,000 queries), each run
-on the points the previous ones did not break. `version = "custom"` runs a chosen subset
-(`attacks`) with `n_iter`, `n_target_classes` and `n_queries` set explicitly: the cheaper
-APGD-CE + APGD-T for small suites, or Square alone as the black-box reference.
+on the points the previous ones did not break. `version = "rand"` is the reference's version for
+randomized defenses, as its authors prescribe for them: APGD-CE and APGD-DLR (100 iterations, one
+restart) with expectation over transformation, each gradient the mean over 20 random draws of the
+defense. `version = "custom"` runs a chosen subset (`attacks`) with `n_iter`, `n_target_classes`
+and `n_queries` set explicitly: the cheaper APGD-CE + APGD-T for small suites, or Square alone as
+the black-box reference.
 
-Randomized defenses (CiiV, smoothing): AutoAttack's algorithm assumes a deterministic model (it
-drops points the model gets wrong once, and stops on a point at its first success), so a
-randomized defense is given to it derandomized: the mean of k draws, log(mean softmax), each
-draw with fixed random numbers (the same seeds at every call, "common random numbers"), where k
-is `draws` or, if fewer, the number of draws the defense's own decision averages
-(`decision_draws`: one for CiiV, whose single draw already averages 27 exposures; PREDICT's
-sample count for smoothing). Its gradients and success checks are then those of one fixed
-function; the harness still judges the result with the defense's own random `predict`.
-Deterministic models are unaffected. AutoAttack stops at a point's first success, so on a
-randomized rule it can leave higher accuracy than a fixed-step PGD: read the EOT / BPDA rows too.
+Randomized defenses (CiiV, smoothing), by version:
+- "rand": the defense's own random draws, attacked through its BPDA surrogate (`bpda_logits`)
+  where it has one, else its `logits`; no cap on the draws. This is the adaptive evaluation.
+- "standard" / "custom": AutoAttack's algorithm assumes a deterministic model (it drops points the
+  model gets wrong once, and stops on a point at its first success), so the defense is given to it
+  derandomized: the mean of k draws, log(mean softmax), each draw with fixed random numbers (the
+  same seeds at every call, "common random numbers"), where k is `draws` or, if fewer, the number
+  of draws the defense's own decision averages (`decision_draws`). Its gradients and success
+  checks are then those of one fixed function; on a randomized rule it can leave higher accuracy
+  than a fixed-step PGD: use "rand" (or read the EOT / BPDA rows).
+Either way the harness judges the result with the defense's own random `predict`. Deterministic
+models are unaffected by `draws`. pyautoattack's warnings (randomness, zero gradients, Square
+stronger than the white-box attacks) are logged, never silenced.
 
 Two adaptations to tasks with few classes, both forced by the reference code itself: the number of
 target classes is capped at C - 1 (the reference indexes the C - 1 runner-up classes), and on
@@ -32,13 +38,15 @@ import torch
 from torch import nn
 
 from attacks.vision.common import DefendedLogits, check_budget, model_device, perturbation_norm
-from benchmark.errors import UsageError
+from benchmark.errors import NotApplicable, UsageError
 from benchmark.interfaces import AttackOutcome
 from benchmark.registry import register_attack
 
 ATTACK_NAMES = ("apgd-ce", "apgd-dlr", "apgd-t", "fab", "fab-t", "square")
 STANDARD = {"attacks": [], "n_iter": 100, "n_target_classes": 9, "n_queries": 5000,
             "n_restarts": 1}
+VERSIONS = ("standard", "rand", "custom")
+RAND_EOT_DRAWS = 20  # the reference's eot_iter in its "rand" version
 
 
 class FixedDraws(nn.Module):
@@ -85,14 +93,17 @@ class AutoAttackAdapter:
     def __init__(self, config: dict):
         check_budget("autoattack", config)
         version = config["version"]
-        if version not in ("standard", "custom"):
-            raise UsageError(f"attack 'autoattack': version must be 'standard' or 'custom', got "
-                             f"{version!r}")
-        if version == "standard":
+        if version not in VERSIONS:
+            raise UsageError(f"attack 'autoattack': version must be one of {', '.join(VERSIONS)}, "
+                             f"got {version!r}")
+        if version != "custom":
             changed = sorted(k for k, v in STANDARD.items() if config[k] != v)
             if changed:
                 raise UsageError(f"attack 'autoattack': {', '.join(changed)} only apply to "
-                                 f"version = 'custom'; the standard version is the reference's")
+                                 f"version = 'custom'; the {version} version is the reference's")
+            if version == "rand" and config["draws"] != 1:
+                raise UsageError("attack 'autoattack': draws does not apply to version = 'rand', "
+                                 f"which averages {RAND_EOT_DRAWS} fresh draws per gradient")
         else:
             attacks = list(config["attacks"])
             unknown = sorted(set(attacks) - set(ATTACK_NAMES))
@@ -111,12 +122,19 @@ class AutoAttackAdapter:
     def attack_names(self) -> list[str]:
         if self.config["version"] == "standard":
             return ["apgd-ce", "apgd-t", "fab-t", "square"]
+        if self.config["version"] == "rand":
+            return ["apgd-ce", "apgd-dlr"]
         return list(self.config["attacks"])
 
     def describe(self) -> str:
         c = self.config
         if c["version"] == "standard":
             what = "standard: APGD-CE, APGD-T, FAB-T, Square (reference settings)"
+        elif c["version"] == "rand":
+            return (f"AutoAttack (rand: APGD-CE, APGD-DLR, 100 iterations, each gradient the mean "
+                    f"over {RAND_EOT_DRAWS} random draws of a randomized defense, through its BPDA "
+                    f"surrogate where it has one; reference settings), {c['norm']} "
+                    f"eps={c['eps']:g}, reference pyautoattack")
         else:
             parts = []
             for name in c["attacks"]:
@@ -143,8 +161,8 @@ class AutoAttackAdapter:
         if num_classes < 3 and uses_dlr:
             raise UsageError(f"AutoAttack's DLR losses need at least 3 classes (this task has "
                              f"{num_classes}); use version = 'custom' with attacks = ['apgd-ce']")
-        if c["version"] == "standard":
-            attack = AutoAttack(module, norm=norm, eps=c["eps"], version="standard",
+        if c["version"] != "custom":
+            attack = AutoAttack(module, norm=norm, eps=c["eps"], version=c["version"],
                                 device=device, seed=seed)
         else:
             attack = AutoAttack(module, norm=norm, eps=c["eps"], version="custom", attacks=names,
@@ -164,7 +182,7 @@ class AutoAttackAdapter:
         attack.fab.n_target_classes = min(attack.fab.n_target_classes, num_classes - 1)
         if num_classes == 3:
             attack.apgd_targeted.model = PaddedLogits(module)
-        attack.logger.setLevel(logging.ERROR)
+        attack.logger.setLevel(logging.WARNING)
         return attack
 
     def queries(self, num_classes: int) -> int:
@@ -172,9 +190,10 @@ class AutoAttackAdapter:
         c = self.config
         total = 0
         targets = min(c["n_target_classes"], num_classes - 1)
+        eot = RAND_EOT_DRAWS if c["version"] == "rand" else 1
         for name in self.attack_names():
             if name in ("apgd-ce", "apgd-dlr"):
-                total += c["n_iter"] * c["n_restarts"]
+                total += c["n_iter"] * c["n_restarts"] * eot
             elif name == "apgd-t":
                 total += c["n_iter"] * targets
             elif name in ("fab", "fab-t"):
@@ -185,9 +204,15 @@ class AutoAttackAdapter:
 
     def run(self, model, xs, ys, seed):
         device = model_device(model)
-        module = DefendedLogits(model).to(device)
+        randomized = getattr(model, "randomized", False)
+        rand = self.config["version"] == "rand"
+        if rand and not randomized:
+            raise NotApplicable(f"{type(model).__name__} is deterministic: AutoAttack's rand version "
+                                f"(EOT over {RAND_EOT_DRAWS} draws) is built for randomized defenses; "
+                                f"the standard or custom version covers it")
+        module = DefendedLogits(model, bpda=rand and randomized).to(device)
         samples = 1
-        if getattr(model, "randomized", False):
+        if randomized and not rand:
             samples = max(1, min(self.config["draws"], getattr(model, "decision_draws", 1)))
             module = FixedDraws(module, samples, seed % 2**31)
         attack = self.build(module, model.num_classes, device, seed % 2**31)

@@ -10,9 +10,10 @@ from benchmark.interfaces import AttackOutcome
 
 
 class DefendedLogits(nn.Module):
-    """nn.Module view of a defended model's differentiable `logits`, the form torchattacks takes."""
+    """nn.Module view of a defended model's differentiable `logits`, the form torchattacks takes;
+    with `bpda`, of its BPDA surrogate `bpda_logits` where it has one."""
 
-    def __init__(self, defended):
+    def __init__(self, defended, bpda: bool = False):
         super().__init__()
         if not hasattr(defended, "logits"):
             raise UsageError(f"{type(defended).__name__} has no differentiable logits(x); a white-box "
@@ -21,9 +22,11 @@ class DefendedLogits(nn.Module):
         # torchattacks reads the device from the parameters; register the network when there is one.
         if isinstance(getattr(defended, "module", None), nn.Module):
             self.network = defended.module
+        self.surrogate = defended.bpda_logits if bpda and hasattr(defended, "bpda_logits") \
+            else defended.logits
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.defended.logits(x)
+        return self.surrogate(x)
 
 
 def perturbation_norm(adversarial: np.ndarray, original: np.ndarray, norm: str) -> np.ndarray:

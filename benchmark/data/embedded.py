@@ -4,6 +4,7 @@ from __future__ import annotations
 import numpy as np
 
 from benchmark.data.base import Split, SubstitutionTable, Task, seeded_split
+from benchmark.errors import UsageError
 from benchmark.registry import register_task
 
 
@@ -23,7 +24,11 @@ def load_digits_task(seed: int = 0, test_fraction: float = 0.3, data_root=None) 
 
 
 CTOY_SHAPES = ["triangle", "square", "circle"]
-CTOY_COLOURS = np.array([[0.9, 0.1, 0.1], [0.1, 0.9, 0.1], [0.1, 0.1, 0.9]], dtype=np.float32)
+# Appendix A: each 4 x 4 block of a triangle / square / circle image is blue / green / red with
+# probability `bias` (0.8) and one of the other two colours with (1 - bias) / 2 each.
+CTOY_COLOURS = np.array([[0.1, 0.1, 0.9], [0.1, 0.9, 0.1], [0.9, 0.1, 0.1]], dtype=np.float32)
+CTOY_BLOCK = 4
+CTOY_TEST_COLOURS = ("biased", "counterfactual")
 
 
 def _shape_mask(shape: str, size: int, rng: np.random.Generator) -> np.ndarray:
@@ -42,37 +47,55 @@ def _shape_mask(shape: str, size: int, rng: np.random.Generator) -> np.ndarray:
     return mask
 
 
-def _ctoy_split(n: int, size: int, bias: float, n_blocks: int, rng: np.random.Generator,
-                name: str) -> Split:
-    xs = np.zeros((n, 3, size, size), dtype=np.float32)
+def _ctoy_images(masks: np.ndarray, colour_classes: np.ndarray, bias: float,
+                 rng: np.random.Generator) -> np.ndarray:
+    """The mosaic: every 4 x 4 block tinted with a colour drawn from the biased distribution of
+    `colour_classes` (one class per image), then the white geometry drawn on top."""
+    n, size, _ = masks.shape
+    blocks = size // CTOY_BLOCK
+    other = rng.integers(1, 3, size=(n, blocks, blocks))  # which of the other two colours
+    keep = rng.random((n, blocks, blocks)) < bias
+    colour = np.where(keep, colour_classes[:, None, None], (colour_classes[:, None, None] + other) % 3)
+    pixels = np.repeat(np.repeat(colour, CTOY_BLOCK, axis=1), CTOY_BLOCK, axis=2)
+    xs = CTOY_COLOURS[pixels].transpose(0, 3, 1, 2).copy()  # N x 3 x size x size
+    xs[np.broadcast_to(masks[:, None], xs.shape)] = 1.0
+    return xs
+
+
+def _ctoy_split(n: int, size: int, bias: float, rng: np.random.Generator, name: str,
+                counterfactual: bool = False) -> Split:
     ys = rng.integers(0, 3, size=n)
-    for i, label in enumerate(ys):
-        mask = _shape_mask(CTOY_SHAPES[label], size, rng)
-        xs[i, :, mask] = 0.6
-        # The confounder: 4x4 blocks whose colour follows the class with probability `bias`.
-        weights = np.full(3, (1 - bias) / 2)
-        weights[label] = bias
-        colour = CTOY_COLOURS[rng.choice(3, p=weights)]
-        for _ in range(n_blocks):
-            top, left = rng.integers(0, size - 3, size=2)
-            xs[i, :, top:top + 4, left:left + 4] = colour[:, None, None]
-    return Split(xs, ys, name)
+    masks = np.stack([_shape_mask(CTOY_SHAPES[label], size, rng) for label in ys])
+    biased = _ctoy_images(masks, ys, bias, rng)
+    if not counterfactual:
+        return Split(biased, ys, name)
+    # The same geometries with the colour statistics of another class (either, at random).
+    swapped = (ys + rng.integers(1, 3, size=n)) % 3
+    return Split(_ctoy_images(masks, swapped, bias, rng), ys, name)
 
 
 @register_task("ctoy", modality="image", source="generated")
-def load_ctoy_task(seed: int = 0, n_train: int = 1500, n_test: int = 500, size: int = 16,
-                   bias: float = 0.8, test_bias: float = 1 / 3, n_blocks: int = 2,
-                   data_root=None) -> Task:
-    """Confounded-Toy (CiiV paper, appendix A): triangles / squares / circles with 4x4 colour blocks.
-
-    In training the blocks' colour follows the class 80/10/10 (`bias`); at test it is unbiased by
-    default (`test_bias` = 1/3), so a model that learned the colour shortcut loses accuracy.
+def load_ctoy_task(seed: int = 0, n_train: int = 10000, n_test: int = 1000, size: int = 64,
+                   bias: float = 0.8, test_colours: str = "biased", data_root=None) -> Task:
+    """Confounded-Toy (CiiV paper, Appendix A): white triangles / squares / circles on a mosaic of
+    4 x 4 colour blocks whose colours follow the class 80/10/10, in training and test alike
+    (`test_colours = "biased"`, the paper's test set). `"counterfactual"` keeps the test
+    geometries and draws their blocks from another class's colour distribution, so a model that
+    reads the colours instead of the geometry loses accuracy. The defaults are the paper's (64 x 64
+    images, 10k training and 1k test images); CPU suites set smaller ones. The training split does
+    not depend on `test_colours`.
     """
+    if size % CTOY_BLOCK or size < 4 * CTOY_BLOCK:
+        raise UsageError(f"ctoy: size must be a multiple of {CTOY_BLOCK} and at least "
+                         f"{4 * CTOY_BLOCK}, got {size}")
+    if test_colours not in CTOY_TEST_COLOURS:
+        raise UsageError(f"ctoy: test_colours must be one of {', '.join(CTOY_TEST_COLOURS)}, got "
+                         f"{test_colours!r}")
     rng = np.random.default_rng(seed)
-    train = _ctoy_split(n_train, size, bias, n_blocks, rng, "train")
-    test = _ctoy_split(n_test, size, test_bias, n_blocks, rng, "test")
+    train = _ctoy_split(n_train, size, bias, rng, "train")
+    test = _ctoy_split(n_test, size, bias, rng, "test", counterfactual=test_colours == "counterfactual")
     return Task("ctoy", "image", 3, train, test, CTOY_SHAPES, source="generated",
-                notes=f"{size}x{size}, colour bias {bias:.2f} train / {test_bias:.2f} test, seed {seed}")
+                notes=f"{size}x{size}, colour bias {bias:.2f}, {test_colours} test colours, seed {seed}")
 
 
 POSITIVE_CLUSTERS = [

@@ -10,13 +10,16 @@ substitution moves the latent: R_hat = || max(upper - s(x), s(x) - lower) ||_2, 
 form of the paper (the reference code compares against the looser full box width || upper - lower ||;
 we use the max deviation and name it in the unit). Training minimises
 L_cls + gamma_t * max(0, R_hat - R + margin), R = sigma/2 (Phi^-1(p_A) - Phi^-1(p_B)) from the soft
-scores clipped at `soft_upper`, with gamma_t = 0 for `warmup_epochs` (the classifier on the noisy
-latent alone) then ramped linearly to `gamma` over `ramp_epochs`. Certification is the paper's
+scores clipped to [1 - soft_upper, soft_upper], with gamma_t = 0 for `warmup_epochs` (the
+classifier on the noisy latent alone; the paper trains it to convergence first) then ramped
+linearly to `gamma` over `ramp_epochs`. Defaults are the paper's (Sec. 4.1): sigma = 1, gamma = 4,
+m = 1; Remark 3 needs gamma >= 1 / m, and a margin the soft radius cannot reach is refused. Certification is the paper's
 Algorithm 2: certify_n0 noise draws pick the class, certify_n draws bound p_A, and the prediction is
 certified iff it is correct and sigma * Phi^-1(p_A_lower) >= R_hat.
 """
 from __future__ import annotations
 
+from statistics import NormalDist
 from typing import Sequence
 
 import numpy as np
@@ -37,7 +40,7 @@ from defenses.text.smoothing import call_rngs, example_rng
 HEADS = ("mlp", "transformer")
 UNIT = "latent_l2 (max deviation)"
 CISS_DEFAULTS = {"latent_size": 64, "sigma": 1.0, "head": "mlp", "head_hidden": 128,
-                 "head_model": "hf", "head_params": {}, "decoder_length": 16, "gamma": 0.1,
+                 "head_model": "hf", "head_params": {}, "decoder_length": 16, "gamma": 4.0,
                  "margin": 1.0, "soft_upper": 0.99, "warmup_epochs": 1, "ramp_epochs": 2, "embedding_std": 0.01,
                  "predict_samples": 100, "predict_alpha": 0.05, "certify_n0": 100,
                  "certify_n": 5000, "eval_batch_size": 8192}
@@ -115,12 +118,15 @@ def gamma_schedule(epoch: int, warmup: int, ramp: int, gamma: float) -> float:
 
 def soft_radius(logits: torch.Tensor, labels: torch.Tensor, sigma: float, upper: float) -> torch.Tensor:
     """The reference's differentiable radius sigma/2 (Phi^-1(p_A) - Phi^-1(p_B)): p_A is the label's
-    score when the label is the top class, else the runner-up's, clipped to [1 - upper, upper]."""
+    score when the label is the top class, else the runner-up's. Its largest value is
+    sigma * Phi^-1(upper) (2.33 sigma at 0.99), so a margin m above that can never be met."""
     probs = torch.softmax(logits, dim=1)
     top2 = probs.topk(2, dim=1).values
     correct = (probs.argmax(dim=1) == labels).float()
-    p_a = (top2[:, 0] * correct + top2[:, 1] * (1 - correct)).clamp(max=upper)
-    p_b = (top2[:, 1] * correct + top2[:, 0] * (1 - correct)).clamp(min=1 - upper)
+    # Both clipped to [1 - upper, upper]: p_A -> 0 (a confidently wrong example) would otherwise
+    # give Phi^-1(0) = -infinity and an infinite loss.
+    p_a = (top2[:, 0] * correct + top2[:, 1] * (1 - correct)).clamp(1 - upper, upper)
+    p_b = (top2[:, 1] * correct + top2[:, 0] * (1 - correct)).clamp(1 - upper, upper)
     normal = torch.distributions.Normal(0.0, 1.0)
     return sigma / 2 * (normal.icdf(p_a) - normal.icdf(p_b))
 
@@ -263,6 +269,13 @@ class CISS:
             raise UsageError("defense 'ciss': sigma must be > 0, latent_size >= 1, embedding_std >= 0")
         if not 0.5 < config["soft_upper"] < 1:
             raise UsageError("defense 'ciss': soft_upper must be in (0.5, 1)")
+        reachable = config["sigma"] * float(NormalDist().inv_cdf(config["soft_upper"]))
+        if config["margin"] >= reachable:
+            raise UsageError(
+                f"defense 'ciss': margin {config['margin']:g} cannot be met: the soft radius is at "
+                f"most sigma * Phi^-1(soft_upper) = {reachable:.3g} at sigma {config['sigma']:g}, so "
+                f"the hinge never reaches 0; scale the margin with sigma (the paper's m = sigma = 1, "
+                f"e.g. margin = {config['sigma']:g})")
         for key in ("predict_samples", "certify_n0", "certify_n", "eval_batch_size"):
             if config[key] < 1:
                 raise UsageError(f"defense 'ciss': {key} must be >= 1")

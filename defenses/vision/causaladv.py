@@ -1,27 +1,36 @@
-"""CausalAdv (Zhang et al., ICLR 2022): adversarial distribution alignment (the paper's Eq. 11).
+"""CausalAdv (Zhang et al., ICLR 2022): adversarial distribution alignment.
 
-The model h = head o features is trained on
+`objective = "paper"` (the default) is the printed Eq. 11, minimised jointly over h and g:
 
-    beta * L_content + lambda * L_style
+    L_content + lambda * (CE(g(s(x_adv)), y) + beta * CE(g(s(x)), y))
 
-where L_content is the Madry term (CausalAdv-M: CE at the adversarial input) or the TRADES term
-(CausalAdv-T: CE(natural) / beta + KL(natural || adversarial), so beta * L_content is TRADES), and
-L_style aligns the style predictions on adversarial inputs with those on natural inputs:
-cross-entropy from softmax(g(s(x))) to softmax(g(s(x_adv))).
+where L_content is the Madry term (CausalAdv-M: CE(h(x_adv), y), gamma = 0) or the TRADES term
+(CausalAdv-T: CE(h(x), y) + trades_beta * KL(h(x) || h(x_adv)), the first term's labels replaced by
+the model's prediction), beta = 1 (App. D: "in all of our experiments beta is set to 1.0"), and
+x_adv maximises the classification loss alone (Eq. 2: CE for -M, TRADES' KL for -T).
+
+`objective = "reference"` is the reference code's form (YonggangZhangUSTC/CausalAdv):
+
+    trades_beta * L_content + lambda * L_style
+
+where L_style aligns the style predictions on adversarial inputs with those on natural inputs
+(cross-entropy from softmax(g(s(x))) to softmax(g(s(x_adv)))), g is fitted alone by its own
+optimizer on the natural styles, and the training attack maximises trades_beta * L_content +
+lambda * L_style. (There, L_content for -T is CE(natural) / trades_beta + KL, so the product is TRADES.)
 
 - The style representation s(x) projects the normalised features onto a basis of the orthogonal
   complement of the classifier weights under the feature covariance: random orthonormal anchor
   directions with every component along Sigma w_c (c = 1..C) removed (Sigma: running covariance of
   the normalised features), so s carries what the label head does not read.
-- g is a small network fitting the spurious correlation between Y and S (trained by its own
-  optimizer on the natural styles), with the sigma-adjusted softmax of Eq. 10: its logit for
-  class j is shifted by ratio / 2 * (w_j - w_y)^T Sigma_y (w_j - w_y), Sigma_y the running
-  class-conditional covariance of g's normalised hidden features.
-- Schedules as the reference code (YonggangZhangUSTC/CausalAdv): lambda and the sigma ratio rise
-  linearly from 0 to their values over training (value * epoch / epochs); the training attack
-  maximises beta * L_content + lambda * L_style at the full lambda and ratio. beta = 1 for -M and
-  6 for -T; lambda = 1; ratio = 1.
-- One deviation by default (`detach_target`): the natural style prediction is the fixed target of
+- g is a small network fitting the spurious correlation between Y and S (the non-linear g of the
+  paper's main tables, Table 5), with the sigma-adjusted softmax of Eq. 10: its logit for class j
+  is shifted by ratio / 2 * (w_j - w_y)^T Sigma_y (w_j - w_y), Sigma_y the running
+  class-conditional covariance of g's normalised hidden features (the reference's estimate of the
+  paper's sigma^2 I).
+- Schedules, which the paper does not print, as the reference code: lambda and the sigma ratio
+  rise linearly from 0 to their values over training (value * epoch / epochs). trades_beta = 6 for
+  -T (TRADES' value); lambda = 1; ratio = 1.
+- `detach_target` (reference objective only): the natural style prediction is the fixed target of
   the alignment; the reference also back-propagates through it, which collapsed training on the
   small models of the mini suite. `detach_target = false` restores the reference's gradient.
 
@@ -37,8 +46,11 @@ import defenses.vision.common as common
 from benchmark.defended import ClassifierModel
 from benchmark.errors import UsageError
 from benchmark.registry import register_defense
-from defenses.vision.common import (TRAIN_OPTIONS, check_budget, eval_mode, kl_to, pgd_linf,
-                                    train_defended)
+from defenses.vision.common import (ADVERSARIAL_OPTIONS, TRAIN_OPTIONS, check_budget, eval_mode,
+                                    kl_to, pgd_linf, train_defended)
+
+
+OBJECTIVES = ("paper", "reference")
 
 
 def normalise(f: torch.Tensor) -> torch.Tensor:
@@ -137,8 +149,12 @@ class CausalAdvTrainer:
     def __init__(self, model: nn.Module, num_classes: int, config: dict, mode: str, seed: int):
         if not hasattr(model, "features") or not hasattr(model, "head"):
             raise UsageError("CausalAdv needs an image model exposing features(x) and head")
+        if config["objective"] not in OBJECTIVES:
+            raise UsageError(f"causaladv-{mode}: objective must be one of {', '.join(OBJECTIVES)}, "
+                             f"got {config['objective']!r}")
         self.mode = mode
         self.config = config
+        self.paper = config["objective"] == "paper"
         self.step_size = check_budget(f"causaladv-{mode}", config["eps"], config["steps"],
                                       config["step_size"])
         device = next(model.parameters()).device
@@ -166,35 +182,64 @@ class CausalAdvTrainer:
             group["lr"] = c["lr"] * decay
 
     def content_loss(self, logits_adv, logits_nat, y):
+        """The Madry (-M) or TRADES (-T) term, as the objective weighs it."""
         if self.mode == "m":
             return F.cross_entropy(logits_adv, y)
-        return (F.cross_entropy(logits_nat, y) / self.config["beta"]
-                + kl_to(logits_adv, torch.softmax(logits_nat, dim=1)))
+        kl = kl_to(logits_adv, torch.softmax(logits_nat, dim=1))
+        if self.paper:
+            return F.cross_entropy(logits_nat, y) + self.config["trades_beta"] * kl
+        return F.cross_entropy(logits_nat, y) / self.config["trades_beta"] + kl
 
     def adversarial(self, model, x, y, basis):
-        """The training attack: maximise beta * content + lambda * style at the full lambda and
-        ratio, from a uniform start (-M) or TRADES' 0.001 * N(0, 1) start (-T)."""
+        """The training attack, from a uniform start (-M) or TRADES' 0.001 * N(0, 1) start (-T). It
+        maximises the classification loss (paper, Eq. 2), or trades_beta * content + lambda *
+        style at the full lambda and ratio (reference)."""
         c = self.config
         with eval_mode(model), eval_mode(self.g):
             with torch.no_grad():
                 features = model.features(x)
                 natural = torch.softmax(model.head(features), dim=1)
-                style_target = torch.softmax(self.g(style(features, basis), y, c["ratio"]), dim=1)
+                if not self.paper:
+                    style_target = torch.softmax(self.g(style(features, basis), y, c["ratio"]),
+                                                 dim=1)
 
             def objective(a):
                 f = model.features(a)
                 z = model.head(f)
-                if self.mode == "m":
-                    content = F.cross_entropy(z, y)
-                else:
-                    content = kl_to(z, natural)
+                content = F.cross_entropy(z, y) if self.mode == "m" else kl_to(z, natural)
+                if self.paper:
+                    return content
                 style_term = soft_cross_entropy(style_target, self.g(style(f, basis), y, c["ratio"]))
-                return c["beta"] * content + c["lambda"] * style_term
+                return c["trades_beta"] * content + c["lambda"] * style_term
 
             return pgd_linf(objective, x, c["eps"], self.step_size, c["steps"],
                             start="uniform" if self.mode == "m" else "gaussian")
 
     def __call__(self, model, x, y):
+        return self.paper_loss(model, x, y) if self.paper else self.reference_loss(model, x, y)
+
+    def paper_loss(self, model, x, y):
+        """Eq. 11, minimised jointly over h and g. fit's optimizer holds h's parameters only, so g's
+        optimizer steps here on the gradient the previous batch's loss left in g: the same joint
+        descent on (theta, W_g) with g's update applied at the start of the next step."""
+        if any(p.grad is not None for p in self.g.parameters()):
+            self.g_optimizer.step()
+        self.g_optimizer.zero_grad()
+        features = model.features(x)
+        logits = model.head(features)
+        basis = self.basis.update(features.detach(), model.head.weight.detach())
+        x_adv = self.adversarial(model, x, y, basis)
+        features_adv = model.features(x_adv)
+        logits_adv = model.head(features_adv)
+        s, s_adv = style(features, basis), style(features_adv, basis)
+        self.g.train()
+        style_nat = self.g(s, y, self.ratio, update_covariance=True)
+        style_adv = self.g(s_adv, y, self.ratio)
+        loss_style = (F.cross_entropy(style_adv, y)
+                      + self.config["beta"] * F.cross_entropy(style_nat, y))
+        return self.content_loss(logits_adv, logits, y) + self.lam * loss_style
+
+    def reference_loss(self, model, x, y):
         features = model.features(x)
         logits = model.head(features)
         basis = self.basis.update(features.detach(), model.head.weight.detach())
@@ -218,7 +263,7 @@ class CausalAdvTrainer:
         if self.config["detach_target"]:
             target = target.detach()
         loss_style = soft_cross_entropy(target, style_adv)
-        loss = (self.config["beta"] * self.content_loss(logits_adv, logits, y)
+        loss = (self.config["trades_beta"] * self.content_loss(logits_adv, logits, y)
                 + self.lam * loss_style)
         return loss  # its gradient also reaches g; g's optimizer clears that before g's next step
 
@@ -226,11 +271,14 @@ class CausalAdvTrainer:
 class _CausalAdv:
     mode = "m"
     cache_sources = (common,)
-    # detach_target: the style term aligns the adversarial style prediction with the natural one
-    # held fixed (True), or also moves the natural one (False, as the reference code does; on the
-    # mini suite's small CNNs that collapses training: digits clean accuracy 0.18 vs 0.81).
-    defaults = {**TRAIN_OPTIONS, "eps": 0.1, "steps": 10, "step_size": None, "beta": 1.0,
-                "lambda": 1.0, "ratio": 1.0, "detach_target": True}
+    # beta: the paper's weight of the natural style term (Eq. 11); trades_beta: TRADES' weight of
+    # the KL term (-T). detach_target (reference objective): the style term aligns the adversarial
+    # style prediction with the natural one held fixed (True), or also moves the natural one
+    # (False, as the reference code does; on the mini suite's small CNNs that collapses training:
+    # digits clean accuracy 0.18 vs 0.81).
+    defaults = {**TRAIN_OPTIONS, **ADVERSARIAL_OPTIONS, "objective": "paper",
+                "beta": 1.0, "trades_beta": 1.0, "lambda": 1.0, "ratio": 1.0,
+                "detach_target": True}
 
     def build(self, task, model_spec, config, context):
         module = context.build_model(model_spec, task)
@@ -243,14 +291,14 @@ class _CausalAdv:
 
 @register_defense("causaladv-m", modality="image")
 class CausalAdvM(_CausalAdv):
-    """CausalAdv-M (Zhang et al. 2022): Madry term + lambda * style alignment (Eq. 11)."""
+    """CausalAdv-M (Zhang et al. 2022): Madry term + lambda * style terms (Eq. 11)."""
 
     mode = "m"
 
 
 @register_defense("causaladv-t", modality="image")
 class CausalAdvT(_CausalAdv):
-    """CausalAdv-T (Zhang et al. 2022): TRADES term (beta = 6) + lambda * style alignment (Eq. 11)."""
+    """CausalAdv-T (Zhang et al. 2022): TRADES term (trades_beta = 6) + lambda * style terms (Eq. 11)."""
 
     mode = "t"
-    defaults = {**_CausalAdv.defaults, "beta": 6.0}
+    defaults = {**_CausalAdv.defaults, "trades_beta": 6.0}

@@ -1,4 +1,5 @@
-"""CiiV (Tang, Tao and Zhang, CVPR 2021): causal intervention by instrumental variable.
+"""CiiV (Tang, Tao and Zhang, "Adversarial Visual Robustness by Causal Intervention", an ICLR 2022
+submission, arXiv 2106.09534): causal intervention by instrumental variable.
 
 A retinotopic sampling layer in front of the network, after the reference implementation
 (KaihuaTang/CiiV-Adversarial-Robustness.pytorch, ResNet_CiiV / train_ciiv):

@@ -5,7 +5,8 @@ import torch.nn.functional as F
 import defenses.vision.common as common
 from benchmark.defended import ClassifierModel
 from benchmark.registry import register_defense
-from defenses.vision.common import TRAIN_OPTIONS, check_budget, eval_mode, pgd_linf, train_defended
+from defenses.vision.common import (ADVERSARIAL_OPTIONS, TRAIN_OPTIONS, check_budget, eval_mode,
+                                    pgd_linf, train_defended)
 
 
 def madry_loss(eps: float, step_size: float, steps: int):
@@ -23,7 +24,7 @@ class Madry:
 
     # step_size None = 2.5 * eps / steps (Madry's rule); CIFAR recipe: eps 8/255, 10 x 2/255.
     cache_sources = (common,)
-    defaults = {**TRAIN_OPTIONS, "eps": 0.1, "steps": 10, "step_size": None}
+    defaults = {**TRAIN_OPTIONS, **ADVERSARIAL_OPTIONS}
 
     def build(self, task, model_spec, config, context):
         step = check_budget("madry", config["eps"], config["steps"], config["step_size"])

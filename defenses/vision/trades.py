@@ -7,8 +7,8 @@ import torch.nn.functional as F
 import defenses.vision.common as common
 from benchmark.defended import ClassifierModel
 from benchmark.registry import register_defense
-from defenses.vision.common import (TRAIN_OPTIONS, check_budget, eval_mode, kl_to, pgd_linf,
-                                    train_defended)
+from defenses.vision.common import (ADVERSARIAL_OPTIONS, TRAIN_OPTIONS, check_budget, eval_mode,
+                                    kl_to, pgd_linf, train_defended)
 
 
 def trades_adversarial(model, x, eps, step_size, steps):
@@ -33,7 +33,7 @@ class Trades:
     """TRADES (Zhang et al. 2019): CE(natural) + beta * KL(natural || adversarial), beta = 6."""
 
     cache_sources = (common,)
-    defaults = {**TRAIN_OPTIONS, "eps": 0.1, "steps": 10, "step_size": None, "beta": 6.0}
+    defaults = {**TRAIN_OPTIONS, **ADVERSARIAL_OPTIONS, "beta": 6.0}
 
     def build(self, task, model_spec, config, context):
         step = check_budget("trades", config["eps"], config["steps"], config["step_size"])
