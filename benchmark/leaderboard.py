@@ -22,7 +22,7 @@ from benchmark import sanity
 from benchmark.certify import median_certified
 from benchmark.metrics import AT_RADIUS, ATTACK, BACKDOOR, CLEAN, MATRIX, RANKED_BY, columns, metric
 from benchmark.registry import ATTACKS
-from benchmark.stats import median_interval, rate, two_sided_pvalue
+from benchmark.stats import median_interval, paired_changes, rate, sign_test
 from benchmark.store import Store
 
 REPORT_ALPHA = 0.05  # every reported interval is a 95% interval
@@ -189,7 +189,8 @@ def assign_tiers(rows: list[dict], per_example: list[dict]) -> None:
     examples it shares with the row above cannot separate from it (Holm-adjusted over the adjacent
     pairs, level TIER_ALPHA) shares that row's tier; the first flagged row starts a tier. A row's
     rank is the interval of positions its tier spans."""
-    pvalues = [two_sided_pvalue(per_example[i - 1], per_example[i]) for i in range(1, len(rows))]
+    pvalues = [sign_test(*paired_changes(per_example[i - 1], per_example[i])[:2])
+               for i in range(1, len(rows))]
     separated = multipletests(pvalues, alpha=TIER_ALPHA, method="holm")[0] if pvalues else []
     tier = 1
     for i, row in enumerate(rows):

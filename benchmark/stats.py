@@ -94,11 +94,3 @@ def lower_pvalue(a: dict, b: dict) -> tuple[float, str]:
     table = [[ka, len(a) - ka], [kb, len(b) - kb]]
     return float(fisher_exact(table, alternative="less").pvalue), "Fisher exact, unpaired"
 
-
-def two_sided_pvalue(a: dict, b: dict) -> float:
-    """Two-sided exact McNemar p-value that the rates of `a` and `b` (per-example 0/1 outcomes keyed
-    by example index) differ, on the examples both have: twice the smaller one-sided p-value of
-    lower_pvalue (the binomial is symmetric at 1/2), at most 1; 1 with no shared example."""
-    shared = set(a) & set(b)
-    a, b = {i: a[i] for i in shared}, {i: b[i] for i in shared}
-    return min(1.0, 2 * min(lower_pvalue(a, b)[0], lower_pvalue(b, a)[0]))
