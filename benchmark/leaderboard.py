@@ -10,6 +10,7 @@ an attacked figure: its own checks say that figure overstates its robustness.
 from __future__ import annotations
 
 import csv
+import itertools
 import json
 from pathlib import Path
 
@@ -185,17 +186,19 @@ def worst_case(attacked: list[list[dict]]) -> dict:
 
 
 def assign_tiers(rows: list[dict], per_example: list[dict]) -> None:
-    """Significance tiers of rows in rank order: a row that a two-sided exact McNemar test on the
-    examples it shares with the row above cannot separate from it (Holm-adjusted over the adjacent
-    pairs, level TIER_ALPHA) shares that row's tier; the first flagged row starts a tier. A row's
-    rank is the interval of positions its tier spans."""
-    pvalues = [sign_test(*paired_changes(per_example[i - 1], per_example[i])[:2])
-               for i in range(1, len(rows))]
-    separated = multipletests(pvalues, alpha=TIER_ALPHA, method="holm")[0] if pvalues else []
-    tier = 1
+    """Significance tiers of rows in rank order: a row shares the tier of the row above unless a
+    two-sided exact McNemar test on their shared examples separates it from that tier's first row
+    (Holm-adjusted over every pair of rows, level TIER_ALPHA), so a tier never chains rows 4 points
+    apart into one that spans a whole table; the first flagged row starts a tier. A row's rank is
+    the interval of positions its tier spans."""
+    pairs = list(itertools.combinations(range(len(rows)), 2))
+    pvalues = [sign_test(*paired_changes(per_example[i], per_example[j])[:2]) for i, j in pairs]
+    separated = dict(zip(pairs, multipletests(pvalues, alpha=TIER_ALPHA, method="holm")[0])) \
+        if pairs else {}
+    tier, leader = 1, 0
     for i, row in enumerate(rows):
-        if i and (separated[i - 1] or flagged(row) != flagged(rows[i - 1])):
-            tier += 1
+        if i and (separated[(leader, i)] or flagged(row) != flagged(rows[i - 1])):
+            tier, leader = tier + 1, i
         row["tier"] = tier
     for row in rows:
         positions = [i for i, other in enumerate(rows, 1) if other["tier"] == row["tier"]]
@@ -251,8 +254,9 @@ def build_matrices(tables: list[dict], attacked: dict) -> list[dict]:
             "attacks": [{"threat_id": t["threat_id"], "label": t["attack"],
                          "description": t["description"]} for t in members],
             "certificate_units": clean["certificate_units"] if clean else [],
-            "tiers": f"two-sided exact McNemar test of each row against the row above on their "
-                     f"shared examples, Holm-adjusted, level {TIER_ALPHA:g}",
+            "tiers": f"a row joins the tier above unless a two-sided exact McNemar test on their "
+                     f"shared examples separates it from that tier's first row, Holm-adjusted over "
+                     f"every pair of rows, level {TIER_ALPHA:g}",
             "rows": rows})
     return matrices
 

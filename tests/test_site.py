@@ -215,6 +215,19 @@ def test_significance_tiers_and_rank_intervals(site):
     assert tiers == sorted(tiers) and tiers[0] == 1
 
 
+def test_tiers_do_not_chain_rows_a_test_separates(tmp_path):
+    """Eleven rows 4 points apart: no two neighbours are separable on 100 examples, but the first
+    (60%) and the last (20%) are; they must not share a tier (one tier 1-11 would say the whole
+    table is noise)."""
+    steps = {f"d{i:02d}": (1.0, 0.6 - 0.04 * i, 0.6 - 0.04 * i, None) for i in range(11)}
+    (found,) = build_leaderboard(fill_store(tmp_path / "store.sqlite", defenses=steps),
+                                 "mini")["matrices"]
+    rows = found["rows"]
+    assert [r["defense"] for r in rows] == sorted(steps)
+    assert rows[0]["tier"] != rows[-1]["tier"]
+    assert rows[0]["rank"][1] < len(rows)
+
+
 def test_threat_families_of_text_attacks():
     """Text attacks share a family when they make the same kind of substitution under the same
     perturbation budget; image attacks when they share norm and budget."""
