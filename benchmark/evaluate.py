@@ -6,6 +6,7 @@ import datetime
 import inspect
 import os
 import platform
+import re
 import subprocess
 import sys
 import traceback
@@ -277,12 +278,18 @@ def run_manifest(suite: Suite, tasks: dict) -> dict:
             return None
 
     device = default_device()
+    # which CPU and vector instruction set torch dispatches to: two machines' numbers can differ
+    cpuinfo = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+    cpu_model = re.search(r"^model name\s*: (.*)$", cpuinfo, re.M)
     return {
         "suite": suite.name, "suite_file": str(suite.path), "suite_sha256": suite.sha256,
         "seed": suite.seed, "git_commit": git("rev-parse", "HEAD"),
         "git_dirty": bool(git("status", "--porcelain", "--untracked-files=no")),
         "packages": {p: version(p) for p in PACKAGES}, "python": platform.python_version(),
         "device": torch.cuda.get_device_name(0) if device.type == "cuda" else f"cpu ({os.cpu_count()} cores)",
+        "cpu": {"model": cpu_model.group(1) if cpu_model else platform.processor() or None,
+                "instruction_set": torch.backends.cpu.get_cpu_capability()},
+        "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
         "torch_threads": torch.get_num_threads(), "determinism": deterministic_torch(),
         "data": {label: {"source": task.source, "checksums": task.checksums()}
                  for label, task in tasks.items()},

@@ -1,31 +1,43 @@
-"""Leaderboards from the results store: one table per task and threat model, as md, csv and json.
+"""Leaderboards from the results store: per task, a defense x attack matrix per threat family
+ranked by the per-example worst case, then one table per threat model; as md, csv and json.
 
 A table's key is the attack's threat-model id (the attack and every constraint of its config), so
 rows measured under different budgets or constraints never share a column. Every rate carries its
-sample count and a 95% Clopper-Pearson interval.
+sample count and a 95% Clopper-Pearson interval. Every table ranks its rows by one metric
+(benchmark.metrics.RANKED_BY), and a row a sanity check flags never ranks above an unflagged one on
+an attacked figure: its own checks say that figure overstates its robustness.
 """
 from __future__ import annotations
 
 import csv
 import io
+import itertools
 from pathlib import Path
 
+import jinja2
 import numpy as np
+from statsmodels.stats.multitest import multipletests
 from tabulate import tabulate
 
 from benchmark import sanity
 from benchmark.audit import summarize as audit_summary
 from benchmark.certify import median_certified
 from benchmark.files import write_json, write_text
-from benchmark.stats import median_interval, rate
+from benchmark.metrics import AT_RADIUS, ATTACK, BACKDOOR, CLEAN, MATRIX, RANKED_BY, columns, metric
+from benchmark.registry import ATTACKS
+from benchmark.stats import median_interval, paired_changes, rate, sign_test
 from benchmark.store import Store
 
 REPORT_ALPHA = 0.05  # every reported interval is a 95% interval
+TIER_ALPHA = 0.05  # family-wise level of the tests that separate significance tiers
+TEMPLATES = jinja2.Environment(loader=jinja2.PackageLoader("benchmark", "templates"),
+                               autoescape=jinja2.select_autoescape(["html", "svg"]),
+                               trim_blocks=True, lstrip_blocks=True, keep_trailing_newline=True)
 # Radii at which certified accuracy is reported, per certificate unit (certified and correct with a
 # radius of at least r); units not listed get only the overall certified accuracy.
 CERTIFIED_RADII = {"l2": (0.0, 0.25, 0.5, 0.75, 1.0)}
 MANIFEST_KEYS = ("suite", "suite_sha256", "seed", "git_commit", "git_dirty", "packages", "python",
-                 "device", "torch_threads", "determinism", "data", "protocols")
+                 "device", "cpu", "gpu", "torch_threads", "determinism", "data", "protocols")
 
 
 def cell_metrics(outcomes: list[dict], has_attack: bool, unit: str | None = None) -> dict:
@@ -161,18 +173,133 @@ def format_audit(audit: dict | None) -> str:
             f"allowed {100 * audit['allowed']:g}%)")
 
 
-HEADLINE = ("certified_accuracy", "robust_accuracy", "clean_accuracy")
+def flagged(row: dict) -> bool:
+    return bool(row.get("sanity_summary", "").startswith("FLAG"))
 
 
-def _rank_key(row: dict):
-    if "attack_success_rate" in row["metrics"] and "benign_accuracy" in row["metrics"]:
-        # backdoor tables: the lowest attack success first, then the highest benign accuracy
-        asr = row["metrics"]["attack_success_rate"]["value"]
-        return (1.0 if asr is None else asr, -row["metrics"]["benign_accuracy"]["value"])
-    for name in HEADLINE:
-        if name in row["metrics"] and row["metrics"][name]["value"] is not None:
-            return -row["metrics"][name]["value"]
-    return 0.0
+def rank_key(row: dict, metrics: dict, table_kind: str):
+    """Sort key of a row ranked by its table kind's metric: better first, missing values last; on
+    an attacked figure, a flagged row after every unflagged one."""
+    value = (metrics.get(RANKED_BY[table_kind]) or {}).get("value")
+    demoted = table_kind in (ATTACK, MATRIX) and flagged(row)
+    better = 0.0 if value is None else -metric(RANKED_BY[table_kind]).direction * value
+    return (demoted, value is None, better, row["defense"], row["model"])
+
+
+def threat_family(attack: str, params: dict) -> str:
+    """The threat family a worst case combines attacks over: image attacks with the same norm and
+    budget; text attacks making the same kind of substitution (the attack's registered threat:
+    word substitutions or character edits) under the same perturbed-word budget."""
+    entry = ATTACKS.get(attack)
+    if entry.tags["modality"] == "image":
+        return f"{params.get('norm', 'linf')} eps={params['eps']:g}"
+    fraction = params.get("max_perturbed_fraction")
+    return entry.tags["threat"] + (f", at most {100 * fraction:g}% of words" if fraction else "")
+
+
+def worst_case(attacked: list[list[dict]]) -> dict:
+    """example_index -> robust under every one of these attacks (correct before and after each),
+    on the examples all of them evaluated."""
+    shared = set.intersection(*({o["example_index"] for o in outcomes} for outcomes in attacked))
+    robust = dict.fromkeys(shared, True)
+    for outcomes in attacked:
+        for o in outcomes:
+            if o["example_index"] in robust:
+                robust[o["example_index"]] &= (o["clean_prediction"] == o["label"] ==
+                                               o["adversarial_prediction"])
+    return robust
+
+
+def assign_tiers(rows: list[dict], per_example: list[dict]) -> None:
+    """Significance tiers of rows in rank order: a row shares the tier of the row above unless a
+    two-sided exact McNemar test on their shared examples separates it from that tier's first row
+    (Holm-adjusted over every pair of rows, level TIER_ALPHA), so a tier never chains rows 4 points
+    apart into one that spans a whole table; the first flagged row starts a tier. A row's rank is
+    the interval of positions its tier spans."""
+    pairs = list(itertools.combinations(range(len(rows)), 2))
+    pvalues = [sign_test(*paired_changes(per_example[i], per_example[j])[:2]) for i, j in pairs]
+    separated = dict(zip(pairs, multipletests(pvalues, alpha=TIER_ALPHA, method="holm")[0])) \
+        if pairs else {}
+    tier, leader = 1, 0
+    for i, row in enumerate(rows):
+        if i and (separated[(leader, i)] or flagged(row) != flagged(rows[i - 1])):
+            tier, leader = tier + 1, i
+        row["tier"] = tier
+    for row in rows:
+        positions = [i for i, other in enumerate(rows, 1) if other["tier"] == row["tier"]]
+        row["rank"] = [positions[0], positions[-1]]
+
+
+def build_matrices(tables: list[dict], attacked: dict) -> list[dict]:
+    """Per task and threat family, the defense x attack matrix: clean accuracy, accuracy under each
+    attack of the family, certified accuracy and the per-example worst case over the attacks run on
+    the row, ranked by worst case, with significance tiers. `attacked` maps (task, defense, model,
+    threat_id) to the cell's outcomes; submitted rows have none and are left out."""
+    families: dict[tuple, list[dict]] = {}
+    for table in tables:
+        if table.get("kind") == ATTACK and "attack_name" in table:  # measured in this store
+            family = threat_family(table["attack_name"], table["attack_params"] or {})
+            families.setdefault((table["task"], family), []).append(table)
+    for members in families.values():
+        members.sort(key=lambda t: (t["attack"], t["threat_id"]))
+    matrices = []
+    for (task, family), members in families.items():
+        clean = next((t for t in tables if t["task"] == task and t["threat_id"] == "clean"), None)
+        clean_rows = {(r["defense"], r["model"]): r for r in clean["rows"]} if clean else {}
+        keys = list(dict.fromkeys((r["defense"], r["model"]) for t in members for r in t["rows"]
+                                  if (task, r["defense"], r["model"], t["threat_id"]) in attacked))
+        rows, per_example = [], []
+        for defense, model in keys:
+            runs = [(t, next(r for r in t["rows"] if (r["defense"], r["model"]) == (defense, model)
+                             and not r.get("submission")))
+                    for t in members if (task, defense, model, t["threat_id"]) in attacked]
+            robust = worst_case([attacked[(task, defense, model, t["threat_id"])] for t, _ in runs])
+            source = clean_rows.get((defense, model), {}).get("metrics", {})
+            cells = {key: source[key] for key in ("clean_accuracy", "certified_accuracy") if key in source}
+            cells.update({t["threat_id"]: r["metrics"]["robust_accuracy"] for t, r in runs})
+            cells["worst_case_accuracy"] = rate(sum(robust.values()), len(robust), REPORT_ALPHA).to_dict()
+            row = {"defense": defense, "model": model, "cells": cells,
+                   "certificate_unit": clean_rows.get((defense, model), {}).get("certificate_unit"),
+                   "sanity_summary": runs[0][1].get("sanity_summary", ""), "flags": {}}
+            for check in runs[0][1].get("sanity", []):
+                if check["status"] != "flag":
+                    continue
+                named = [t["threat_id"] for t in members if t["attack"] in check.get("attacks", ())]
+                for key in named + (["worst_case_accuracy"] if named else []):
+                    row["flags"].setdefault(key, []).append(f"{check['name']}: {check['detail']}")
+            rows.append(row)
+            per_example.append(robust)
+        if not rows:
+            continue
+        order = sorted(range(len(rows)), key=lambda i: rank_key(rows[i], rows[i]["cells"], MATRIX))
+        rows, per_example = [rows[i] for i in order], [per_example[i] for i in order]
+        assign_tiers(rows, per_example)
+        matrices.append({
+            "task": task, "family": family, "kind": MATRIX, "ranked_by": RANKED_BY[MATRIX],
+            "attacks": [{"threat_id": t["threat_id"], "label": t["attack"],
+                         "description": t["description"]} for t in members],
+            "certificate_units": clean["certificate_units"] if clean else [],
+            "tiers": f"a row joins the tier above unless a two-sided exact McNemar test on their "
+                     f"shared examples separates it from that tier's first row, Holm-adjusted over "
+                     f"every pair of rows, level {TIER_ALPHA:g}",
+            "rows": rows})
+    return matrices
+
+
+def published_data(data: dict) -> dict:
+    """The manifest's data sources as a published page shows them: a hub name, "bundled" or
+    "generated" as recorded; a folder on the machine that ran the suite as "local copy" (its
+    checksums say which copy), never its path."""
+    return {task: {**info, "source": "local copy" if str(info.get("source", "")).startswith("/")
+                   else info.get("source")} for task, info in data.items()}
+
+
+def machine(manifest: dict) -> str:
+    """The device, CPU model and instruction set (and GPU) a run recorded, for a page header."""
+    cpu = manifest.get("cpu") or {}
+    parts = [manifest.get("device"), cpu.get("model"), cpu.get("instruction_set"),
+             manifest.get("gpu") and f"GPU {manifest['gpu']}"]
+    return ", ".join(str(p) for p in parts if p)
 
 
 def build_leaderboard(store: Store, suite: str, submissions: list[dict] = (),
@@ -188,6 +315,8 @@ def build_leaderboard(store: Store, suite: str, submissions: list[dict] = (),
             "task": task, "threat_id": threat_id, "attack": attack, "description": description,
             "attack_params": attack_params, "certificate_units": [], "rows": []})
 
+    attacked: dict[tuple, list[dict]] = {}
+
     runs: dict[tuple, list] = {}
     current = [r for r in store.cells(suite) if cell_ids is None or r.cell_id in cell_ids]
     for record in (r for r in current if r.status == "done"):
@@ -196,10 +325,15 @@ def build_leaderboard(store: Store, suite: str, submissions: list[dict] = (),
         has_attack = record.attack is not None and not backdoor
         table = table_for(record.task, record.threat_id, record.attack, record.threat_description,
                           attack["params"] if attack else None)
-        table["kind"] = "backdoor" if backdoor else "attack" if has_attack else "clean"
+        table["kind"] = BACKDOOR if backdoor else ATTACK if has_attack else CLEAN
+        table["ranked_by"] = RANKED_BY[table["kind"]]
+        if has_attack:
+            table["attack_name"] = attack["name"]
         if record.certificate_unit and not has_attack:
             table["certificate_units"] = sorted(set(table["certificate_units"]) | {record.certificate_unit})
         outcomes = store.outcomes(record.cell_id)
+        if has_attack:
+            attacked[(record.task, record.defense, record.model, record.threat_id)] = outcomes
         run = sanity.run_from_cell(record.attack or "", record.spec, outcomes)
         if run is not None:
             runs.setdefault((record.task, record.defense, record.model), []).append(run)
@@ -220,6 +354,10 @@ def build_leaderboard(store: Store, suite: str, submissions: list[dict] = (),
                               submitted["description"], submitted.get("attack_params"))
             table["certificate_units"] = sorted(set(table["certificate_units"]) |
                                                 set(submitted["certificate_units"]))
+            # a submission written before tables recorded their kind: clean, or a test-time attack
+            table.setdefault("kind", submitted.get("kind") or
+                             (CLEAN if submitted["threat_id"] == "clean" else ATTACK))
+            table.setdefault("ranked_by", RANKED_BY[table["kind"]])
             table["rows"] += [{**row, "submission": submission["entry"]} for row in submitted["rows"]]
     checks = {key: sanity.run_checks(group) for key, group in runs.items()}
     for table in tables.values():
@@ -231,24 +369,20 @@ def build_leaderboard(store: Store, suite: str, submissions: list[dict] = (),
     ordered = []
     for key in sorted(tables, key=lambda k: (k[0], k[1] != "clean", k[1])):
         table = tables[key]
-        table["rows"].sort(key=lambda row: (_rank_key(row), row["defense"], row["model"]))
+        table["rows"].sort(key=lambda row: rank_key(row, row["metrics"], table["kind"]))
         ordered.append(table)
+    matrices = build_matrices(ordered, attacked)
     not_done = [{"task": r.task, "defense": r.defense, "attack": r.attack, "status": r.status,
                  "reason": r.reason} for r in current if r.status in ("failed", "not_run")]
     runs = store.runs(suite)
     manifest = {k: runs[-1]["manifest"].get(k) for k in MANIFEST_KEYS} if runs else {}
+    if manifest.get("data"):
+        manifest["data"] = published_data(manifest["data"])
     # no start times: a leaderboard regenerated from the same seeds and code stays byte-identical
     history = [{"git_commit": run["manifest"].get("git_commit"),
                 "git_dirty": run["manifest"].get("git_dirty")} for run in runs]
     return {"suite": suite, "interval": "95% Clopper-Pearson", "manifest": manifest,
-            "runs": history, "tables": ordered, "not_run": not_done}
-
-
-COLUMNS = [("clean_accuracy", "clean acc %"), ("robust_accuracy", "acc under attack %"),
-           ("attack_success_rate", "attack success %"), ("mean_queries", "avg queries"),
-           ("mean_perturbation", "avg perturbation"), ("certified_accuracy", "certified acc %"),
-           ("abstain_rate", "abstain %"), ("median_certified_radius", "median radius"),
-           ("mcb", "MCB (words)"), ("mcr", "MCR (d/h)")]
+            "runs": history, "matrices": matrices, "tables": ordered, "not_run": not_done}
 
 
 def format_metric(metric: dict) -> str:
@@ -264,32 +398,33 @@ def format_metric(metric: dict) -> str:
     return "n/a" if metric["value"] is None else f"{metric['value']:.3g} (n={metric['n']})"
 
 
-BACKDOOR_COLUMNS = [("benign_accuracy", "benign acc %"), ("attack_success_rate", "ASR %"),
-                    ("certified_accuracy", "certified acc on triggered %"),
-                    ("median_certified_radius", "median radius")]
-
-
-def _radius_columns(table: dict) -> list[tuple[str, str]]:
-    keys = sorted({k for r in table["rows"] for k in r["metrics"] if k.startswith("certified_accuracy@")},
-                  key=lambda k: float(k.split("@")[1]))
-    units = ", ".join(table["certificate_units"])
-    return [(k, f"certified acc % at r={k.split('@')[1]}" + (f" ({units})" if units else ""))
-            for k in keys]
-
-
 def table_columns(table: dict) -> list[tuple[str, str]]:
-    """(metric, label) of the columns a table has: the backdoor set or the test-time set."""
-    columns = BACKDOOR_COLUMNS if table.get("kind") == "backdoor" else COLUMNS
-    return [(k, label) for k, label in columns if any(k in r["metrics"] for r in table["rows"])]
+    """(metric, label) of the columns a table has: its kind's metrics (benchmark.metrics) present
+    in its rows, then certified accuracy at each reported radius; radii carry their unit."""
+    kind = table.get("kind", CLEAN)
+    keys = [m.key for m in columns(kind) if any(m.key in r["metrics"] for r in table["rows"])]
+    keys += sorted({k for r in table["rows"] for k in r["metrics"] if k.startswith(AT_RADIUS)},
+                   key=lambda k: float(k[len(AT_RADIUS):]))
+    units = ", ".join(table["certificate_units"])
+    return [(k, metric(k).label_in(kind) + (f" ({units})" if units and (
+        k == "median_certified_radius" or k.startswith(AT_RADIUS)) else "")) for k in keys]
+
+
+def ranked_by_text(table: dict) -> str:
+    """How a table orders its rows, in words, for the page."""
+    declared = metric(table["ranked_by"])
+    text = (f"Ranked by {declared.label_in(table.get('kind'))}, "
+            f"{'higher' if declared.direction > 0 else 'lower'} first")
+    if table.get("kind") in (ATTACK, MATRIX):
+        text += "; a row with a sanity flag after every unflagged row"
+    return text + "."
 
 
 def table_rows(table: dict) -> tuple[list[str], list[list[str]]]:
     present = table_columns(table)
-    present += _radius_columns(table)
     units = any(r["certificate_unit"] for r in table["rows"])
     headers = ["rank", "defense", "model"] + (["certificate unit"] if units else []) + [
-        f"{label} ({', '.join(table['certificate_units'])})" if k == "median_certified_radius" and
-        table["certificate_units"] else label for k, label in present]
+        label for _, label in present]
     audited = any("certified_accuracy" in r["metrics"] for r in table["rows"])
     if audited:
         headers.append("certificate audit")
@@ -308,23 +443,60 @@ def table_rows(table: dict) -> tuple[list[str], list[list[str]]]:
     return headers, rows
 
 
-def sanity_section(board: dict) -> list[str]:
-    """Each (task, defense, model)'s checks in full, once, after the tables."""
-    seen, lines = set(), []
+def matrix_columns(matrix: dict) -> list[tuple[str, str]]:
+    """(cell key, label) of a matrix's columns: the worst case it ranks by (first, so it is seen
+    however many attacks follow), clean accuracy, accuracy under each attack, certified accuracy
+    with its unit when a row certifies."""
+    units = ", ".join(matrix["certificate_units"])
+    found = [("worst_case_accuracy", metric("worst_case_accuracy").label),
+             ("clean_accuracy", metric("clean_accuracy").label)]
+    found += [(a["threat_id"], f"{a['label']} %") for a in matrix["attacks"]]
+    if any("certified_accuracy" in r["cells"] for r in matrix["rows"]):
+        found.append(("certified_accuracy", metric("certified_accuracy").label +
+                      (f" ({units})" if units else "")))
+    return found
+
+
+def rank_interval(row: dict) -> str:
+    low, high = row["rank"]
+    return str(low) if low == high else f"{low}-{high}"
+
+
+def matrix_rows(matrix: dict) -> tuple[list[str], list[list[str]]]:
+    present = matrix_columns(matrix)
+    several_units = len(matrix["certificate_units"]) > 1
+
+    def cell(row, key):
+        if key not in row["cells"]:
+            return "not run" if key != "certified_accuracy" else ""
+        text = format_metric(row["cells"][key])
+        if key == "certified_accuracy" and several_units:
+            text += f" ({row['certificate_unit']})"
+        return text + (" FLAG" if key in row["flags"] else "")
+
+    headers = ["tier", "rank", "defense", "model"] + [label for _, label in present]
+    return headers, [[str(row["tier"]), rank_interval(row), row["defense"], row["model"]]
+                     + [cell(row, key) for key, _ in present] for row in matrix["rows"]]
+
+
+def data_text(info: dict) -> str:
+    """A task's data as a page names it: its source and checksums."""
+    checksums = ", ".join(f"{split} {digest}" for split, digest in sorted(
+        (info.get("checksums") or {}).items()))
+    return f"{info.get('source')}" + (f" (checksums: {checksums})" if checksums else "")
+
+
+def sanity_lines(board: dict) -> list[tuple[str, list[dict]]]:
+    """Each flagged or checked (task, defense, model)'s heading and checks, once."""
+    seen, found = set(), []
     for table in board["tables"]:
         for row in table["rows"]:
             key = (table["task"], row["defense"], row["model"])
             if key in seen or not row.get("sanity_summary"):
                 continue
             seen.add(key)
-            lines.append(f"- {key[0]} / {key[1]} ({key[2]}): **{row['sanity_summary']}**")
-            lines += [f"  - {c['name']}: {c['status']}: {c['detail']}" for c in row["sanity"]]
-    if not lines:
-        return []
-    return ["## Sanity checks", "",
-            "In the spirit of Carlini et al. (2019), from the cells this suite ran; a flag means "
-            "a one-sided exact test at level 0.01 found the violation (benchmark/sanity.py).", ""] \
-        + lines + [""]
+            found.append((f"{key[0]} / {key[1]} ({key[2]}): **{row['sanity_summary']}**", row["sanity"]))
+    return found
 
 
 def run_history(board: dict) -> str | None:
@@ -342,42 +514,21 @@ def run_history(board: dict) -> str | None:
             "has one configuration.")
 
 
+def table_title(table: dict) -> str:
+    return "clean inputs" if table["threat_id"] == "clean" else f"{table['attack']} ({table['threat_id']})"
+
+
 def render_markdown(board: dict) -> str:
-    lines = [f"# Leaderboard: suite `{board['suite']}`", "",
-             f"Every rate is a percentage with its {board['interval']} interval and sample count n. "
-             "Tables are keyed by threat model: rows in one table share the attack and all its "
-             "constraints.", ""]
     manifest = board["manifest"]
-    if manifest:
-        lines += [f"Measured at commit `{manifest.get('git_commit')}` on {manifest.get('device')}, "
-                  f"torch {(manifest.get('packages') or {}).get('torch')}, suite sha256 "
-                  f"`{(manifest.get('suite_sha256') or '')[:12]}`.", ""]
-    history = run_history(board)
-    if history:
-        lines += [history, ""]
-    task = None
+    tasks: dict[str, list[dict]] = {}
     for table in board["tables"]:
-        if table["task"] != task:
-            task = table["task"]
-            source = ((manifest.get("data") or {}).get(task) or {}).get("source", "")
-            lines += [f"## {task}", "", f"Data: {source}.", ""] if source else [f"## {task}", ""]
-        title = "clean inputs" if table["threat_id"] == "clean" else f"{table['attack']} (`{table['threat_id']}`)"
-        if table.get("kind") == "backdoor":
-            title = f"backdoor: {title}"
-        lines += [f"### {title}", "", f"Threat model: {table['description']}.", ""]
-        if table.get("kind") == "backdoor":
-            lines += ["Each defense is trained on the poisoned training split. Benign accuracy: clean "
-                      "test inputs; ASR: triggered test inputs whose true label is not the target, "
-                      "classified as the target; certified accuracy: those triggered inputs "
-                      "certified with their true label.", ""]
-        headers, rows = table_rows(table)
-        lines += [tabulate(rows, headers, tablefmt="github"), ""]
-    lines += sanity_section(board)
-    if board["not_run"]:
-        lines += ["## Cells not run", ""]
-        lines += [f"- {c['task']} / {c['defense']} / {c['attack'] or 'clean'}: {c['status']}: "
-                  f"{c['reason']}" for c in board["not_run"]] + [""]
-    return "\n".join(lines)
+        tasks.setdefault(table["task"], []).append(table)
+    return TEMPLATES.get_template("leaderboard.md").render(
+        board=board, manifest=manifest, machine=machine(manifest), history=run_history(board),
+        tasks=tasks, data=manifest.get("data") or {}, sanity=sanity_lines(board),
+        tabulate=lambda found: tabulate(found[1], found[0], tablefmt="github"),
+        table_rows=table_rows, matrix_rows=matrix_rows, ranked_by_text=ranked_by_text,
+        data_text=data_text, table_title=table_title, metric=metric)
 
 
 def write_csv(board: dict, path: Path) -> None:
@@ -387,15 +538,21 @@ def write_csv(board: dict, path: Path) -> None:
                          "value", "n", "ci_low", "ci_high"])
         for table in board["tables"]:
             for row in table["rows"]:
-                for name, metric in row["metrics"].items():
+                for name, value in row["metrics"].items():
                     writer.writerow([board["suite"], table["task"], table["threat_id"],
                                      table["attack"] or "", row["defense"], row["model"], name,
-                                     metric["value"], metric["n"], metric.get("low", ""),
-                                     metric.get("high", "")])
+                                     value["value"], value["n"], value.get("low", ""),
+                                     value.get("high", "")])
                 if row.get("sanity_summary"):
                     writer.writerow([board["suite"], table["task"], table["threat_id"],
                                      table["attack"] or "", row["defense"], row["model"],
                                      "sanity_flags", row["sanity_summary"], "", "", ""])
+        for matrix in board["matrices"]:
+            for row in matrix["rows"]:
+                worst = row["cells"]["worst_case_accuracy"]
+                writer.writerow([board["suite"], matrix["task"], f"worst case: {matrix['family']}",
+                                 "", row["defense"], row["model"], "worst_case_accuracy",
+                                 worst["value"], worst["n"], worst["low"], worst["high"]])
         write_text(path, handle.getvalue())
 
 

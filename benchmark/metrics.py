@@ -15,8 +15,9 @@ from dataclasses import dataclass, replace
 
 from benchmark.errors import UsageError
 
-# Table kinds (leaderboard "kind"): test-time clean inputs, test-time attack, training-time backdoor.
-CLEAN, ATTACK, BACKDOOR = "clean", "attack", "backdoor"
+# Table kinds (leaderboard "kind"): test-time clean inputs, test-time attack, training-time backdoor,
+# and the defense x attack matrix of one threat family.
+CLEAN, ATTACK, BACKDOOR, MATRIX = "clean", "attack", "backdoor", "matrix"
 
 
 @dataclass(frozen=True)
@@ -41,14 +42,17 @@ class Metric:
 _DECLARED = (
     Metric("clean_accuracy", "clean acc %",
            "share of the n sampled test examples classified correctly without attack",
-           "rate", +1, (CLEAN, ATTACK)),
+           "rate", +1, (CLEAN, ATTACK, MATRIX)),
+    Metric("benign_accuracy", "benign acc %",
+           "share of the n clean test examples the defense trained on poisoned data classifies "
+           "correctly", "rate", +1, (BACKDOOR,)),
     Metric("robust_accuracy", "acc under attack %",
            "share of the n examples classified correctly both before and after the attack",
-           "rate", +1, (ATTACK,)),
+           "rate", +1, (ATTACK, MATRIX)),
     Metric("worst_case_accuracy", "worst-case acc %",
            "share of the n examples classified correctly under every attack of the same threat "
-           "family that was run on them (per example, as AutoAttack and RobustBench count it)",
-           "rate", +1, (ATTACK,)),
+           "family that was run on them (per example, as AutoAttack and RobustBench count it), "
+           "on the examples all of them evaluated", "rate", +1, (MATRIX,)),
     Metric("attack_success_rate", "attack success %",
            "share of the correctly classified examples the attack turned wrong",
            "rate", -1, (ATTACK, BACKDOOR), backdoor_label="ASR %",
@@ -62,7 +66,7 @@ _DECLARED = (
            "mean", 0, (ATTACK,)),
     Metric("certified_accuracy", "certified acc %",
            "share of the n examples certified by the defense's certificate with a correct "
-           "deployed prediction", "rate", +1, (CLEAN, BACKDOOR),
+           "deployed prediction", "rate", +1, (CLEAN, BACKDOOR, MATRIX),
            backdoor_label="certified acc on triggered %",
            backdoor_help="share of the triggered test examples certified with their true label"),
     Metric("abstain_rate", "abstain %", "share of the examples on which the certifier abstained",
@@ -76,11 +80,11 @@ _DECLARED = (
            "median", +1, (CLEAN,)),
     Metric("mcr", "MCR (d/h)", "RanMASK's median certified rate: MCB relative to each text's length",
            "median", +1, (CLEAN,)),
-    Metric("benign_accuracy", "benign acc %",
-           "share of the n clean test examples the defense trained on poisoned data classifies "
-           "correctly", "rate", +1, (BACKDOOR,)),
 )
 METRICS: dict[str, Metric] = {m.key: m for m in _DECLARED}
+# The one metric each kind of table ranks its rows by (named on the page).
+RANKED_BY = {CLEAN: "clean_accuracy", ATTACK: "robust_accuracy", BACKDOOR: "attack_success_rate",
+             MATRIX: "worst_case_accuracy"}
 # certified_accuracy@r: certified accuracy at radius r, one metric per reported radius.
 AT_RADIUS = "certified_accuracy@"
 

@@ -41,6 +41,8 @@ class Check:
     name: str
     status: str  # "ok", "flag" or "n/a"
     detail: str
+    # the labels of the attacked cells a flag names, so a page can mark those cells
+    attacks: tuple[str, ...] = ()
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -84,6 +86,10 @@ def significantly_lower(a: Run, b: Run, alpha: float = ALPHA) -> bool:
     return lower_pvalue(a.correct, b.correct)[0] < alpha
 
 
+def _labels(pairs: list[tuple[Run, Run]]) -> tuple[str, ...]:
+    return tuple(dict.fromkeys(run.label for pair in pairs for run in pair))
+
+
 def _same_budget(a: Run, b: Run) -> bool:
     return a.norm == b.norm and np.isclose(a.eps, b.eps)
 
@@ -94,9 +100,10 @@ def check_single_step(runs: list[Run]) -> Check:
              and p.params.get("steps", 1) > 1]
     if not pairs:
         return Check("single-step", "n/a", "no FGSM and PGD pair at one budget")
-    bad = [f"{f.describe()} < {p.describe()}" for f, p in pairs if significantly_lower(f, p)]
-    if bad:
-        return Check("single-step", "flag", "; ".join(bad))
+    flagged = [(f, p) for f, p in pairs if significantly_lower(f, p)]
+    if flagged:
+        return Check("single-step", "flag", "; ".join(f"{f.describe()} < {p.describe()}"
+                                                      for f, p in flagged), _labels(flagged))
     return Check("single-step", "ok", "; ".join(f"{f.describe()} >= {p.describe()}" for f, p in pairs))
 
 
@@ -109,10 +116,10 @@ def check_more_steps(runs: list[Run]) -> Check:
             pairs.append((few, many))
     if not pairs:
         return Check("more-steps", "n/a", "no two PGD runs at one budget with different steps")
-    bad = [f"{few.describe()} < {many.describe()}" for few, many in pairs
-           if significantly_lower(few, many)]
-    if bad:
-        return Check("more-steps", "flag", "; ".join(bad))
+    flagged = [(few, many) for few, many in pairs if significantly_lower(few, many)]
+    if flagged:
+        return Check("more-steps", "flag", "; ".join(f"{few.describe()} < {many.describe()}"
+                                                     for few, many in flagged), _labels(flagged))
     return Check("more-steps", "ok", "; ".join(f"{m.describe()} <= {f.describe()}" for f, m in pairs))
 
 
@@ -126,7 +133,8 @@ def check_unbounded(runs: list[Run]) -> Check:
         above = n and binomtest(k, n, UNBOUNDED_MAX_ACC, alternative="greater").pvalue < ALPHA
         (bad if above else good).append(run.describe())
     if bad:
-        return Check("unbounded", "flag", "accuracy not ~0 at an unbounded budget: " + "; ".join(bad))
+        return Check("unbounded", "flag", "accuracy not ~0 at an unbounded budget: " + "; ".join(bad),
+                     tuple(r.label for r in unbounded if r.describe() in bad))
     return Check("unbounded", "ok", "; ".join(good))
 
 
@@ -138,9 +146,10 @@ def check_black_box(runs: list[Run]) -> Check:
             pairs.append((black, min(white, key=lambda w: w.accuracy)))
     if not pairs:
         return Check("black-box", "n/a", "no black-box (Square) and white-box pair at one budget")
-    bad = [f"{b.describe()} < {w.describe()}" for b, w in pairs if significantly_lower(b, w)]
-    if bad:
-        return Check("black-box", "flag", "black-box stronger than white-box: " + "; ".join(bad))
+    flagged = [(b, w) for b, w in pairs if significantly_lower(b, w)]
+    if flagged:
+        return Check("black-box", "flag", "black-box stronger than white-box: " + "; ".join(
+            f"{b.describe()} < {w.describe()}" for b, w in flagged), _labels(flagged))
     return Check("black-box", "ok", "; ".join(f"{b.describe()} >= {w.describe()}" for b, w in pairs))
 
 
@@ -149,10 +158,11 @@ def check_adaptive(runs: list[Run]) -> Check:
              if p.attack == "pgd" and _same_budget(a, p)]
     if not pairs:
         return Check("adaptive", "n/a", "no EOT/BPDA and PGD pair at one budget")
-    bad = [f"{a.describe()} < {p.describe()}" for a, p in pairs if significantly_lower(a, p)]
-    if bad:
+    flagged = [(a, p) for a, p in pairs if significantly_lower(a, p)]
+    if flagged:
         return Check("adaptive", "flag", "adaptive attack stronger than PGD (masked gradients): "
-                     + "; ".join(bad))
+                     + "; ".join(f"{a.describe()} < {p.describe()}" for a, p in flagged),
+                     _labels(flagged))
     return Check("adaptive", "ok", "; ".join(f"{a.describe()} >= {p.describe()}" for a, p in pairs))
 
 
@@ -169,9 +179,10 @@ def check_autoattack(runs: list[Run]) -> Check:
              if p.attack == "pgd" and _same_budget(a, p)]
     if not pairs:
         return Check("autoattack", "n/a", "no AutoAttack and PGD pair at one budget")
-    bad = [_on_shared(a, p) for p, a in pairs if significantly_lower(p, a)]
-    if bad:
-        return Check("autoattack", "flag", "AutoAttack weaker than PGD: " + "; ".join(bad))
+    flagged = [(p, a) for p, a in pairs if significantly_lower(p, a)]
+    if flagged:
+        return Check("autoattack", "flag", "AutoAttack weaker than PGD: " + "; ".join(
+            _on_shared(a, p) for p, a in flagged), _labels(flagged))
     return Check("autoattack", "ok", "; ".join(_on_shared(a, p) for p, a in pairs))
 
 

@@ -93,3 +93,4 @@ def lower_pvalue(a: dict, b: dict) -> tuple[float, str]:
     ka, kb = sum(map(bool, a.values())), sum(map(bool, b.values()))
     table = [[ka, len(a) - ka], [kb, len(b) - kb]]
     return float(fisher_exact(table, alternative="less").pvalue), "Fisher exact, unpaired"
+

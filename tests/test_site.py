@@ -1,12 +1,15 @@
 """The static leaderboard site in a real browser: headless Chromium (Debian's package) through
-Playwright loads the pages from disk, and the tests check the tables, both plots, sorting, escaping
-and that the console stays clean. The store is filled by hand, so no model is trained."""
+Playwright loads the pages from disk, and the tests check the defense x attack matrix, the tables,
+both plots, sorting, escaping and that the console stays clean. The store is filled by hand with
+per-example outcomes (nothing is trained), and every row comes from build_leaderboard on it."""
+import itertools
 import os
 
 import numpy as np
 import pytest
 
-from benchmark.leaderboard import build_leaderboard, certified_curve, render_markdown
+from benchmark.leaderboard import (build_leaderboard, certified_curve, render_markdown,
+                                   threat_family, write_leaderboard)
 from benchmark.site import GENERATOR, nice_ticks, write_site
 from benchmark.specs import AttackSpec, Cell, DefenseSpec, ModelSpec, Protocol, TaskSpec
 from benchmark.store import Store
@@ -15,31 +18,45 @@ CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 PGD = AttackSpec.make("pgd", {"norm": "linf", "eps": 0.1, "steps": 10})
+# Square (black-box, within AutoAttack) at PGD's budget: the same threat family.
+SQUARE = AttackSpec.make("autoattack", {"attacks": ["square"], "norm": "linf", "eps": 0.1})
+ATTACKS = {"pgd-linf": PGD, "square": SQUARE}
 N = 100
-# defense: (clean accuracy, robust accuracy, certified radii or None)
-DEFENSES = {"vanilla": (0.98, 0.05, None), "smooth-0.25": (0.90, 0.40, 0.3),
-            "smooth-0.50": (0.80, 0.55, 0.6), "<b>sneaky</b><script>window.pwned=1</script>": (0.5, 0.5, None)}
+LOCAL_DATA = "/work/shared/data/digits"  # a machine path: it must never reach a published page
+# defense: (clean accuracy, accuracy under PGD, accuracy under Square, certified radii or None).
+# Example i is right when i < rate * N, so rows are nested and their differences are discordant
+# pairs. "bit-depth" masks gradients (issue 18): 97% under PGD, 2% under Square, flagged.
+DEFENSES = {"vanilla": (0.78, 0.05, 0.06, None), "ibp": (0.83, 0.40, 0.42, 0.3),
+            "smooth-0.50": (0.80, 0.55, 0.56, 0.6), "madry": (0.80, 0.50, 0.52, None),
+            "trades": (0.79, 0.49, 0.50, None), "bit-depth": (0.98, 0.97, 0.02, None),
+            "mixup": (0.90, 0.10, 0.12, None), "ciiv": (0.88, 0.30, 0.31, None),
+            "causaladv-m": (0.81, 0.48, 0.49, None), "causaladv-t": (0.79, 0.47, 0.48, None),
+            "<b>sneaky</b><script>window.pwned=1</script>": (0.5, 0.45, 0.45, None)}
+MASKED = "bit-depth"
 
 
-def fill_store(path, suite="mini") -> Store:
-    """A store with one clean and one PGD cell per defense; two defenses certify (unit l2)."""
+def fill_store(path, suite="mini", defenses=DEFENSES, square_offset=0) -> Store:
+    """A store with a clean, a PGD and a Square cell per defense; two defenses certify (unit l2).
+    Square's robust examples start at `square_offset` (0: nested inside PGD's)."""
     store = Store(path)
     rng = np.random.default_rng(0)
     labels = rng.integers(0, 10, N)
-    for name, (clean, robust, radius_scale) in DEFENSES.items():
+    for name, (clean, pgd, square, radius_scale) in defenses.items():
         defense = DefenseSpec.make("vanilla", {"tag": name})
-        for attack in (None, PGD):
+        for label, attack in (None, None), *ATTACKS.items():
+            robust = {"pgd-linf": pgd, "square": square}.get(label)
+            offset = square_offset if label == "square" else 0
             cell = Cell(TaskSpec.make("digits"), ModelSpec.make("smallcnn"), defense, attack,
-                        Protocol(n_examples=N), "digits", name, attack and "pgd-linf")
-            store.open_cell(suite, cell, 1, "PGD-10, linf eps=0.1" if attack else "no attack (clean inputs)",
-                            "l2" if radius_scale else None)
+                        Protocol(n_examples=N), "digits", name, label)
+            store.open_cell(suite, cell, 1, f"{label}, linf eps=0.1" if attack else
+                            "no attack (clean inputs)", "l2" if radius_scale and not attack else None)
             correct = np.arange(N) < round(clean * N)
             outcomes = []
             for i in range(N):
                 row = {"example_index": i, "label": int(labels[i]),
                        "clean_prediction": int(labels[i] if correct[i] else (labels[i] + 1) % 10)}
                 if attack:
-                    still = i < round(robust * N)
+                    still = offset <= i < offset + round(robust * N)
                     row.update(adversarial_prediction=int(labels[i] if still else (labels[i] + 2) % 10),
                                success=int(correct[i] and not still), queries=10,
                                perturbation=0.1 if correct[i] and not still else 0.0)
@@ -53,22 +70,33 @@ def fill_store(path, suite="mini") -> Store:
     return store
 
 
+def add_runs(store, suite="mini"):
+    """The suite measured in two runs, the second from a modified checkout, on local data."""
+    data = {"digits": {"source": LOCAL_DATA, "checksums": {"test": "382daf2abecc78ae",
+                                                           "train": "aac4fb48cef8b9c9"}}}
+    for day, commit, dirty in (("01", "a", False), ("02", "b", True)):
+        store.add_run(suite, f"2026-11-{day}T10:00:00+00:00", {
+            "git_commit": commit * 40, "git_dirty": dirty, "device": "cpu (2 cores)", "data": data,
+            "cpu": {"model": "Test CPU 9000", "instruction_set": "AVX2"}, "gpu": None})
+
+
 @pytest.fixture(scope="module")
 def site(tmp_path_factory):
     root = tmp_path_factory.mktemp("site")
     store = fill_store(root / "store.sqlite")
-    # the suite was measured in two runs, the second from a modified checkout
-    store.add_run("mini", "2026-11-01T10:00:00+00:00", {"git_commit": "a" * 40, "git_dirty": False,
-                                                        "device": "cpu (2 cores)"})
-    store.add_run("mini", "2026-11-02T11:30:00+00:00", {"git_commit": "b" * 40, "git_dirty": True,
-                                                        "device": "cpu (2 cores)"})
-    board = build_leaderboard(store, "mini")
-    pgd = next(t for t in board["tables"] if t["threat_id"] == PGD.threat_id)
-    # Sanity flags come from another part of the suite; the page renders whatever rows carry.
-    pgd["rows"][0]["flags"] = ["iterative attack weaker than single-step",
-                               {"name": "above-chance", "detail": "unbounded budget leaves 40% accuracy"}]
+    add_runs(store)
+    board = write_leaderboard(store, "mini", root)
     write_site(board, root)
     return root, board
+
+
+def table(board, threat_id):
+    return next(t for t in board["tables"] if t["threat_id"] == threat_id)
+
+
+def matrix(board):
+    (found,) = board["matrices"]
+    return found
 
 
 @pytest.fixture(scope="module")
@@ -85,7 +113,7 @@ def browser():
 
 @pytest.fixture
 def page(browser):
-    page = browser.new_page()
+    page = browser.new_page(viewport={"width": 1400, "height": 1000})
     page.problems = []
     page.on("console", lambda m: page.problems.append(f"console {m.type}: {m.text}")
             if m.type in ("error", "warning") else None)
@@ -113,30 +141,155 @@ def test_index_links_every_table(site, page):
     root, board = site
     page.goto((root / "index.html").as_uri())
     links = page.locator("table.threat-models a")
-    assert links.count() == len(board["tables"]) == 2
+    assert links.count() == len(board["tables"]) == 3
     header = page.locator("p.small.muted").all_inner_texts()
     assert "Measured at commit " + "b" * 40 in header[0]
+    assert "Test CPU 9000" in header[0] and "AVX2" in header[0]  # the machine, from the manifest
     assert ("Measured over 2 runs sharing this store (resumed or concurrent), at commits aaaaaaa, "
             "bbbbbbb (dirty); the commit above is the latest run's") in header[1]
     assert header[1] in render_markdown(board)  # leaderboard.md says the same
+    assert "Test CPU 9000" in render_markdown(board)
     links.filter(has_text="pgd").click()
     assert page.url.endswith(f"digits--{PGD.threat_id}.html")
-    assert "PGD-10, linf eps=0.1" in page.locator(".constraints").inner_text()
+    assert "pgd-linf, linf eps=0.1" in page.locator(".constraints").inner_text()
     assert "eps" in page.locator("dl.params").inner_text()
+
+
+def test_every_table_ranks_by_one_declared_metric_named_on_the_page(site):
+    """A certifying row is ranked by clean accuracy like every other row of the clean table (it
+    was ranked by its certified accuracy: vanilla at 78% clean above ibp at 83% clean)."""
+    root, board = site
+    clean = table(board, "clean")
+    assert clean["ranked_by"] == "clean_accuracy"
+    order = [r["defense"] for r in clean["rows"]]
+    assert order.index("ibp") < order.index("vanilla")
+    values = [r["metrics"]["clean_accuracy"]["value"] for r in clean["rows"]]
+    assert values == sorted(values, reverse=True)
+    assert "Ranked by clean acc %" in (root / "leaderboard.md").read_text()
+    assert "Ranked by clean acc %" in (root / "digits--clean.html").read_text()
+    assert table(board, PGD.threat_id)["ranked_by"] == "robust_accuracy"
+
+
+def test_a_flagged_row_is_not_ranked_above_unflagged_rows(site):
+    """Issue 18's gradient masking: 97% under PGD, 2% under Square (black-box flag). It is last
+    in the matrix (worst case) and below every unflagged row of the PGD table."""
+    _, board = site
+    pgd = table(board, PGD.threat_id)
+    masked = next(r for r in pgd["rows"] if r["defense"] == MASKED)
+    assert masked["sanity_summary"] == "FLAG: black-box"
+    flagged = [bool(r["sanity_summary"].startswith("FLAG")) for r in pgd["rows"]]
+    assert flagged == sorted(flagged)  # every unflagged row first
+    rows = matrix(board)["rows"]
+    assert rows[-1]["defense"] == MASKED
+    worst = [r["cells"]["worst_case_accuracy"]["value"] for r in rows]
+    assert worst == sorted(worst, reverse=True)
+    assert rows[-1]["cells"]["worst_case_accuracy"]["value"] == pytest.approx(0.02)
+
+
+def test_worst_case_is_per_example_over_the_threat_family(tmp_path):
+    """PGD leaves examples 0-49, Square 25-74: robust to both are 25-49, 25% (not min(50, 50))."""
+    store = fill_store(tmp_path / "store.sqlite", defenses={"a": (1.0, 0.5, 0.5, None),
+                                                            "b": (1.0, 0.5, 0.5, None)},
+                       square_offset=25)
+    (found,) = build_leaderboard(store, "mini")["matrices"]
+    assert found["family"] == "linf eps=0.1"
+    assert [a["label"] for a in found["attacks"]] == ["pgd-linf", "square"]
+    cells = found["rows"][0]["cells"]
+    assert cells[PGD.threat_id]["value"] == cells[SQUARE.threat_id]["value"] == 0.5
+    assert cells["worst_case_accuracy"]["successes"] == 25 and cells["worst_case_accuracy"]["n"] == N
+
+
+def test_significance_tiers_and_rank_intervals(site):
+    """Rows an exact McNemar test (Holm-adjusted) cannot separate from the row above share its
+    tier; the rank interval spans the tier."""
+    _, board = site
+    rows = {r["defense"]: r for r in matrix(board)["rows"]}
+    # madry 50% and trades 49% differ on one example: one tier
+    assert rows["madry"]["tier"] == rows["trades"]["tier"]
+    # ciiv 30% vs mixup 10%: 20 discordant examples, all one way
+    assert rows["mixup"]["tier"] > rows["ciiv"]["tier"]
+    for row in rows.values():
+        members = [i for i, r in enumerate(matrix(board)["rows"], 1) if r["tier"] == row["tier"]]
+        assert row["rank"] == [members[0], members[-1]]
+    tiers = [r["tier"] for r in matrix(board)["rows"]]
+    assert tiers == sorted(tiers) and tiers[0] == 1
+
+
+def test_tiers_do_not_chain_rows_a_test_separates(tmp_path):
+    """Eleven rows 4 points apart: no two neighbours are separable on 100 examples, but the first
+    (60%) and the last (20%) are; they must not share a tier (one tier 1-11 would say the whole
+    table is noise)."""
+    steps = {f"d{i:02d}": (1.0, 0.6 - 0.04 * i, 0.6 - 0.04 * i, None) for i in range(11)}
+    (found,) = build_leaderboard(fill_store(tmp_path / "store.sqlite", defenses=steps),
+                                 "mini")["matrices"]
+    rows = found["rows"]
+    assert [r["defense"] for r in rows] == sorted(steps)
+    assert rows[0]["tier"] != rows[-1]["tier"]
+    assert rows[0]["rank"][1] < len(rows)
+
+
+def test_threat_families_of_text_attacks():
+    """Text attacks share a family when they make the same kind of substitution under the same
+    perturbation budget; image attacks when they share norm and budget."""
+    textfooler = threat_family("textfooler", {"max_perturbed_fraction": None, "min_cos_sim": 0.5})
+    assert textfooler == threat_family("ascc", {"max_perturbed_fraction": None, "steps": 10})
+    assert textfooler != threat_family("deepwordbug", {"max_perturbed_fraction": None})
+    assert textfooler != threat_family("bert-attack", {"max_perturbed_fraction": 0.4})
+    assert threat_family("fgsm", {"eps": 0.1}) == threat_family("pgd", {"norm": "linf", "eps": 0.1})
+    assert threat_family("pgd", {"norm": "l2", "eps": 0.1}) != threat_family("fgsm", {"eps": 0.1})
+
+
+def test_published_pages_name_the_data_source_never_a_local_path(site):
+    root, board = site
+    published = [root / "leaderboard.md", root / "leaderboard.json", root / "leaderboard.csv",
+                 *root.glob("*.html")]
+    for path in published:
+        assert LOCAL_DATA not in path.read_text(), path
+    assert board["manifest"]["data"]["digits"]["source"] == "local copy"
+    for path in (root / "leaderboard.md", root / "index.html"):
+        text = path.read_text()
+        assert "local copy" in text and "382daf2abecc78ae" in text, path
+
+
+def test_matrix_on_the_index_with_flags_tiers_and_intervals(site, page):
+    root, board = site
+    page.goto((root / "index.html").as_uri())
+    grid = page.locator("table.matrix")
+    assert grid.count() == 1
+    headers = grid.locator("thead th").all_inner_texts()
+    for column in ("tier", "rank", "defense", "clean acc %", "pgd-linf", "square",
+                   "certified acc % (l2)", "worst-case acc %"):
+        assert any(column in h for h in headers), (column, headers)
+    body = grid.locator("tbody tr")
+    assert body.count() == len(DEFENSES)
+    names = body.evaluate_all("rows => rows.map(r => r.dataset.defense)")
+    assert names == [r["defense"] for r in matrix(board)["rows"]] and names[-1] == MASKED
+    first = body.first.inner_text()
+    assert "[" in first and f"n={N}" in first  # interval and n in every cell
+    masked = grid.locator(f'tbody tr[data-defense="{MASKED}"]')
+    assert masked.locator("td.flagged .flag").count() >= 1
+    assert "black-box" in masked.locator(".flag").first.get_attribute("title")
+    tiers = body.evaluate_all("rows => rows.map(r => r.cells[0].textContent.trim())")
+    assert tiers[0] == "1" and len(set(tiers)) > 1
+    md = (root / "leaderboard.md").read_text()
+    assert md.index("worst-case acc %") < md.index("### clean inputs")  # the matrix comes first
 
 
 def test_attack_page_table_tradeoff_plot_and_flags(site, page):
     root, _ = site
     page.goto((root / f"digits--{PGD.threat_id}.html").as_uri())
-    table = page.locator("table.leaderboard")
-    assert table.locator("tbody tr").count() == len(DEFENSES)
-    headers = table.locator("thead th").all_inner_texts()
+    leaderboard = page.locator("table.leaderboard")
+    assert leaderboard.locator("tbody tr").count() == len(DEFENSES)
+    headers = leaderboard.locator("thead th").all_inner_texts()
     for column in ("clean acc %", "acc under attack %", "attack success %", "avg queries",
                    "avg perturbation", "sanity flags"):
         assert any(column in h for h in headers), (column, headers)
-    first = table.locator("tbody tr").first
+    first = leaderboard.locator("tbody tr").first
     assert "[" in first.inner_text() and f"n={N}" in first.inner_text()  # interval and n
-    assert table.locator("tr.flagged .flag").count() == 2
+    # the sanity flag the leaderboard computed from the store reaches the page
+    flagged = leaderboard.locator("tr.flagged")
+    assert flagged.count() == 1 and flagged.get_attribute("data-defense") == MASKED
+    assert "black-box" in flagged.locator(".flag").inner_text()
     # The trade-off plot: one point per defense, drawn inside the plot.
     plot = page.locator("svg.plot.tradeoff")
     assert plot.count() == 1
@@ -148,10 +301,29 @@ def test_attack_page_table_tradeoff_plot_and_flags(site, page):
         point = points.nth(i).bounding_box()
         assert box["x"] <= point["x"] <= box["x"] + box["width"]
         assert box["y"] <= point["y"] <= box["y"] + box["height"]
-    # vanilla (98% clean, 5% robust) sits right of and below smooth-0.50 (80%, 55%).
+    # vanilla (78% clean, 5% robust) sits left of and below smooth-0.50 (80%, 55%).
     vanilla = plot.locator('g.point[data-defense="vanilla"] circle').bounding_box()
     smooth = plot.locator('g.point[data-defense="smooth-0.50"] circle').bounding_box()
-    assert vanilla["x"] > smooth["x"] and vanilla["y"] > smooth["y"]
+    assert vanilla["x"] < smooth["x"] and vanilla["y"] > smooth["y"]
+
+
+def test_tradeoff_labels_stay_readable_with_many_rows(site, page):
+    """With 11 rows, five of them within a few points of each other, no two labels of the plot
+    overlap and every label stays inside it (they piled on top of each other on real-cpu digits)."""
+    root, _ = site
+    page.goto((root / f"digits--{PGD.threat_id}.html").as_uri())
+    plot = page.locator("svg.plot.tradeoff")
+    box = plot.bounding_box()
+    labels = plot.locator("text.label")
+    assert labels.count() == len(DEFENSES)
+    boxes = [labels.nth(i).bounding_box() for i in range(labels.count())]
+    for one in boxes:
+        assert box["x"] <= one["x"] and one["x"] + one["width"] <= box["x"] + box["width"] + 1
+        assert box["y"] <= one["y"] and one["y"] + one["height"] <= box["y"] + box["height"] + 1
+    for a, b in itertools.combinations(boxes, 2):
+        overlap_x = min(a["x"] + a["width"], b["x"] + b["width"]) - max(a["x"], b["x"])
+        overlap_y = min(a["y"] + a["height"], b["y"] + b["height"]) - max(a["y"], b["y"])
+        assert overlap_x <= 0 or overlap_y <= 0, (a, b)
 
 
 def test_names_are_escaped(site, page):
@@ -168,7 +340,7 @@ def test_certified_accuracy_against_radius_plot(site, page):
     assert plot.count() == 1
     assert "radius (l2)" in plot.text_content()
     curves = plot.locator("path.curve")
-    assert sorted(curves.evaluate_all("cs => cs.map(c => c.dataset.defense)")) == ["smooth-0.25", "smooth-0.50"]
+    assert sorted(curves.evaluate_all("cs => cs.map(c => c.dataset.defense)")) == ["ibp", "smooth-0.50"]
     lengths = curves.evaluate_all("cs => cs.map(c => c.getTotalLength())")
     assert all(length > 100 for length in lengths)
     headers = page.locator("table.leaderboard thead th").all_inner_texts()
@@ -207,7 +379,8 @@ def test_rewriting_the_site_removes_only_its_own_stale_pages(tmp_path):
     (out / "notes.html").write_text("<html>hand-written</html>")
     write_site(board, out)
     names = sorted(p.name for p in out.glob("*.html"))
-    assert names == ["digits--clean.html", f"digits--{PGD.threat_id}.html", "index.html", "notes.html"]
+    assert names == sorted(["digits--clean.html", f"digits--{PGD.threat_id}.html",
+                            f"digits--{SQUARE.threat_id}.html", "index.html", "notes.html"])
 
 
 def test_backdoor_and_ranmask_tables_get_their_columns_and_legends(tmp_path):
