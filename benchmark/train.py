@@ -19,9 +19,14 @@ TRAIN_DEFAULTS = {"epochs": 5, "batch_size": 64, "lr": 1e-3, "weight_decay": 0.0
 
 
 def set_seed(seed: int) -> None:
+    """Seed Python's, numpy's and torch's generators. torch.manual_seed would also queue a seed for
+    CUDA, recording a stack trace each time (~0.25 ms, a tenth of a small model's clean cell), even
+    where there is no GPU: the CPU generator is seeded directly, CUDA's only where CUDA exists."""
     random.seed(seed)
     np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
+    torch.default_generator.manual_seed(seed)
+    if torch.cuda.is_available():
+        torch.cuda.manual_seed_all(seed)
 
 
 def deterministic_torch() -> dict:

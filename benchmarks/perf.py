@@ -6,6 +6,7 @@
   exceeds 10%, a cell is profiled (cProfile) and the shares of its time are printed and kept
   (cProfile's own cost inflates code of many small Python calls, such as the store's row
   conversion, against the model's few large ones: read the shares as an upper bound).
+- store: per-batch commits (the kill -9 guarantee) against one transaction per cell, per batch.
 - attacks: PGD and AutoAttack (pyautoattack, custom APGD-CE + APGD-T) images/s, DeepWordBug
   queries/s; PGD and DeepWordBug also through the evaluator, for its overhead on an attack cell.
 - certification: benchmarks/perf_certify.py, when present, is run as it is (see CERTIFY_HOOK).
@@ -44,7 +45,7 @@ from benchmark.data import load_task
 from benchmark.evaluate import (batch_seed, build_defended, cell_batches, default_device,
                                 make_attack, run_batch, run_cell, run_suite)
 from benchmark.paths import default_cache_dir
-from benchmark.store import Store
+from benchmark.store import OUTCOME_COLUMNS, Store, _sql_value
 from benchmark.suite import load_suite
 from benchmark.train import set_seed
 
@@ -74,15 +75,32 @@ def timed(work, setup=None, min_seconds: float = MIN_SECONDS,
     return min(times), result
 
 
+def interleaved(works, setup, calls: int = 15) -> list[float]:
+    """The fastest call of each of `works` (each after an untimed `setup()`), called in turn, so
+    that a change in the machine's load reaches them all alike."""
+    best = [float("inf")] * len(works)
+    for _ in range(calls):
+        for k, work in enumerate(works):
+            state = setup()
+            start = time.perf_counter()
+            work(state)
+            best[k] = min(best[k], time.perf_counter() - start)
+    return best
+
+
 class Evaluator:
-    """Runs single cells through the evaluator, each into a fresh store (store creation untimed)."""
+    """Runs single cells through the evaluator, each into a fresh store (store creation untimed).
+    The store gets its run record first, as `rbench run` writes it before any cell: a new store's
+    first write sets up its write-ahead log (~8 ms), a cost of the run, not of each cell."""
 
     def __init__(self, directory: Path, cache: Path):
         self.directory, self.cache, self.runs = directory, cache, 0
 
     def fresh_store(self) -> Store:
         self.runs += 1
-        return Store(self.directory / f"evaluator-{self.runs}.sqlite")
+        store = Store(self.directory / f"evaluator-{self.runs}.sqlite")
+        store.add_run("perf", "", {})
+        return store
 
     def seconds(self, cell, task, min_calls: int = 3) -> float:
         seconds, _ = timed(lambda store: run_cell(cell, "perf", store, task, self.cache),
@@ -173,6 +191,53 @@ def forward_rows(cells, tasks, evaluator: Evaluator) -> list[dict]:
         rows.append(row("forward", f"{label} / {cell.model.name}", "examples/s",
                         {"direct": n / raw, "evaluator": n / evaluated,
                          "evaluator, batches only": n / looped}, raw / evaluated, **extra))
+    return rows
+
+
+def store_rows(cells, tasks, evaluator: Evaluator) -> list[dict]:
+    """The price of the kill -9 guarantee: a digits clean cell's outcomes committed one transaction
+    per batch (what the evaluator does: a kill loses at most the batch being computed) against all
+    of its batches in one transaction (a kill would lose the whole cell), beside the batches'
+    compute. Batches of 20 and 100 examples."""
+    rows = []
+    task = tasks["digits"]
+    for size in (20, 100):
+        cell = with_examples(cells[("digits", None)], ALL, size)
+        defended = build_defended(cell, task, evaluator.cache)
+        batches = cell_batches(cell, task)
+        compute, outcomes = timed(lambda: [run_batch(cell, defended, None, task, batches, index)
+                                           for index in range(len(batches))])
+
+        def setup():
+            store = evaluator.fresh_store()
+            store.open_cell("perf", cell, len(batches), "perf", None)
+            return store
+
+        def per_batch(store):
+            for index, batch_rows in enumerate(outcomes):
+                store.write_batch(cell.id, index, batch_rows)
+
+        def one_transaction(store):
+            cell_id = cell.id
+            store.db.execute("BEGIN IMMEDIATE")
+            for index, batch_rows in enumerate(outcomes):
+                store.db.executemany(
+                    f"INSERT INTO outcomes (cell_id, batch_index, {', '.join(OUTCOME_COLUMNS)}) "
+                    f"VALUES ({', '.join('?' * (len(OUTCOME_COLUMNS) + 2))})",
+                    [(cell_id, index, *(_sql_value(o.get(c)) for c in OUTCOME_COLUMNS))
+                     for o in batch_rows])
+                store.db.execute("INSERT INTO batches (cell_id, batch_index) VALUES (?, ?)",
+                                 (cell_id, index))
+            store.db.execute("COMMIT")
+
+        separate, together = interleaved([per_batch, one_transaction], setup)
+        n = len(batches)
+        rows.append(row("store", f"digits clean cell, {n} batches of {size}", "ms a batch",
+                        {"compute": 1000 * compute / n, "commit per batch": 1000 * separate / n,
+                         "one transaction": 1000 * together / n}, together / separate,
+                        commit_share_of_batch=round(separate / (compute + separate), 4),
+                        note="ratio: one transaction's time over per-batch commits'; "
+                             "commit_share_of_batch: what per-batch commits add to a batch"))
     return rows
 
 
@@ -324,7 +389,7 @@ def print_table(rows: list[dict], previous: dict) -> None:
                           _fmt(r["ratio"]), _fmt(old["ratio"]) if old else "",
                           " ".join(_fmt(old["values"].get(k)) for k in keys) if old else ""])
         ratio = {"forward": "evaluator/direct", "attacks": "evaluator/direct",
-                 "ray": "speed-up"}.get(section, "ratio")
+                 "store": "one txn/per batch", "ray": "speed-up"}.get(section, "ratio")
         print(f"\n## {section}\n")
         print(tabulate(table, headers=["measurement", "unit", *keys, ratio, "prev ratio",
                                        "prev values"], tablefmt="github"))
@@ -346,7 +411,7 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=RESULTS, help="where the JSON goes")
     parser.add_argument("--skip", action="append", default=[],
-                        choices=["forward", "attacks", "certification", "ray"])
+                        choices=["forward", "store", "attacks", "certification", "ray"])
     parser.add_argument("--threads", type=int, default=1,
                         help="torch threads (default 1: steady on a shared machine, and what one "
                              "Ray unit of 1 CPU gets)")
@@ -368,6 +433,8 @@ def main(argv=None) -> int:
                 build_defended(cell, tasks[label], cache)
         if "forward" not in args.skip:
             rows += forward_rows(cells, tasks, evaluator)
+        if "store" not in args.skip:
+            rows += store_rows(cells, tasks, evaluator)
         if "attacks" not in args.skip:
             rows += attack_rows(cells, tasks, evaluator)
         if "certification" not in args.skip:

@@ -26,6 +26,9 @@ SMOOTHING_DEFAULTS = {"ensemble": "vote", "predict_samples": 100, "predict_alpha
                       "certify_n0": 100, "certify_n": 5000, "eval_batch_size": 1024}
 # Settings that change how the trained model is used, not how it is trained (shared cache entry).
 SMOOTHING_INFERENCE_KEYS = tuple(SMOOTHING_DEFAULTS)
+# The noisy copies (before duplicates are merged) one certification pass draws: its memory is a
+# few bytes per copy and word, and its distinct copies are classified eval_batch_size at a time.
+CERTIFY_COPIES = 200_000
 
 
 def check_smoothing_config(config: dict, name: str) -> None:
@@ -163,11 +166,14 @@ class SmoothedText:
         logits = self._chunked(lambda a, b: self.module.classify(flat[a:b]), len(flat))
         return split_like(logits, [len(group) for group in texts])
 
-    def noisy(self, plans: Sequence[Plan], n: int, rngs: Sequence[np.random.Generator]) -> list[Noisy]:
-        """Draw n noisy copies of each text and classify each distinct copy once."""
+    def noisy(self, plans: Sequence[Plan], n: int | Sequence[int],
+              rngs: Sequence[np.random.Generator]) -> list[Noisy]:
+        """Draw n noisy copies of each text (or n[i] of text i, drawn in order of the plans) and
+        classify each distinct copy once, all in one batched pass."""
+        counts = [n] * len(plans) if isinstance(n, int) else n
         drawn = []
-        for plan, rng in zip(plans, rngs):
-            rows = self.sample(plan, n, rng)
+        for plan, count, rng in zip(plans, counts, rngs):
+            rows = self.sample(plan, count, rng)
             # Words past the tokenizer's max_length never reach the classifier: ignore them when
             # looking for duplicates.
             visible = rows[:, :len(plan.ids)] if plan.ids is not None else rows
@@ -219,17 +225,18 @@ class SmoothedText:
     # Certification -----------------------------------------------------------------------------
     def certify_votes(self, xs: Sequence[str], ys: np.ndarray, alpha: float, seed: int) -> list[Certificate]:
         """Cohen's CERTIFY with the defense's own bound: certify_n0 copies pick the class,
-        certify_n others bound its probability, in groups of examples so that one group's copies
-        fit one batched pass."""
+        certify_n others bound its probability, in groups of examples whose copies (selection and
+        estimation together) fit one batched pass of at most CERTIFY_COPIES copies."""
         n0, n = self.config["certify_n0"], self.config["certify_n"]
-        group = max(1, 200_000 // (n0 + n))
+        group = max(1, CERTIFY_COPIES // (n0 + n))
         certificates = []
         for start in range(0, len(xs), group):
             indices = range(start, min(start + group, len(xs)))
             plans = self.plans([xs[i] for i in indices])
             rngs = [example_rng(seed, i) for i in indices]
-            selection = self.noisy(plans, n0, rngs)
-            estimation = self.noisy(plans, n, rngs)
+            # Every example's selection copies, then its estimation copies, from its generator.
+            drawn = self.noisy(plans + plans, [n0] * len(plans) + [n] * len(plans), rngs + rngs)
+            selection, estimation = drawn[:len(plans)], drawn[len(plans):]
             for i, plan, rng, first, second in zip(indices, plans, rngs, selection, estimation):
                 certificates.append(self.certificate(plan, first.counts(self.num_classes), second,
                                                      int(ys[i]), alpha, rng))
