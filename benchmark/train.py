@@ -33,9 +33,11 @@ def deterministic_torch() -> dict:
     """Ask torch for deterministic kernels, so the same suite and seeds give the same outcomes on
     the same machine; returns the settings for the run manifest. `warn_only`: an op without a
     deterministic kernel (some CUDA scatter/index ops) warns instead of stopping the run, and the
-    manifest says so. cuBLAS needs its workspace setting before its first call to be deterministic."""
+    manifest says so. cuBLAS needs its workspace setting before its first call to be deterministic.
+    The flag is set as torch.use_deterministic_algorithms sets it, less that function's import of
+    torch._inductor (seconds, for the config of a compiler the suite never runs)."""
     os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-    torch.use_deterministic_algorithms(True, warn_only=True)
+    torch._C._set_deterministic_algorithms(True, warn_only=True)
     torch.backends.cudnn.deterministic = True
     torch.backends.cudnn.benchmark = False
     return {"torch.use_deterministic_algorithms": "True (warn_only: ops without a deterministic "
