@@ -289,3 +289,15 @@ def test_pretrained_word_vectors_by_path(task, tmp_path):
     assert model.embedding.weight[stoi["bad"]].tolist() == [-1, -2, -3, -4]
     with pytest.raises(UsageError, match="embedding_dim"):
         build_model(ModelSpec.make("bilstm", {"embedding_dim": 8, "vectors_path": str(vectors)}), task)
+
+
+@pytest.mark.parametrize("width, values", [(1, 2), (13, 2), (20, 8), (64, 2)])
+def test_distinct_rows_are_numpys_unique_rows(width, values):
+    from defenses.text.smoothing import distinct_rows
+
+    rows = np.random.default_rng(width).integers(0, values, size=(500, width))
+    rows[:200] = rows[7]  # many copies of one row
+    unique, inverse = distinct_rows(rows)
+    expected, expected_inverse = np.unique(rows, axis=0, return_inverse=True)
+    assert np.array_equal(unique, expected) and np.array_equal(inverse, expected_inverse.reshape(-1))
+    assert np.array_equal(unique[inverse], rows)

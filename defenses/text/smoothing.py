@@ -95,9 +95,16 @@ def split_like(array: np.ndarray, sizes: list[int]) -> list[np.ndarray]:
 
 
 def distinct_rows(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """The distinct rows of a small-integer matrix and, for each row, the index of its distinct row."""
-    unique, inverse = np.unique(rows, axis=0, return_inverse=True)
-    return unique, inverse.reshape(-1)
+    """The distinct rows of a small-integer matrix in lexicographic order (np.unique(axis=0)'s
+    result) and, for each row, the index of its distinct row. A lexsort over the columns, 6-10x
+    faster than np.unique's sort of whole rows, which was a quarter of certification's time."""
+    order = np.lexsort(rows.T[::-1])
+    ordered = rows[order]
+    starts = np.ones(len(rows), dtype=bool)
+    starts[1:] = (ordered[1:] != ordered[:-1]).any(axis=1)
+    inverse = np.empty(len(rows), dtype=np.int64)
+    inverse[order] = np.cumsum(starts) - 1
+    return ordered[starts], inverse
 
 
 class SmoothedText:
