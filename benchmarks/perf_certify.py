@@ -90,22 +90,24 @@ def raw_forward(model, matrices: list[np.ndarray]) -> None:
             model.module(stacked[start:start + size], mask[start:start + size]).argmax(1).numpy()
 
 
-def fastest(work, repeats: int = 3) -> tuple[float, object]:
-    """The fastest of `repeats` calls (the one least disturbed by the machine's other load)."""
-    best, result = float("inf"), None
+def fastest_in_turn(works, repeats: int = 3) -> list[tuple[float, object]]:
+    """The fastest of `repeats` calls of each of `works`, called in turn (so the machine's other
+    load reaches them alike), each with its last result."""
+    best = [(float("inf"), None)] * len(works)
     for _ in range(repeats):
-        start = time.perf_counter()
-        result = work()
-        best = min(best, time.perf_counter() - start)
-    return best, result
+        for k, work in enumerate(works):
+            start = time.perf_counter()
+            result = work()
+            best[k] = (min(best[k][0], time.perf_counter() - start), result)
+    return best
 
 
 def measure(label, model, xs, ys, alpha, seed) -> tuple[bool, dict]:
     matrices = distinct_copies(model, xs, seed)
     distinct = sum(len(m) for m in matrices)
     # Interleaved, fastest of three each: certification and the raw forward on its distinct copies.
-    fast_seconds, fast = fastest(lambda: model.certify(xs, ys, alpha, seed))
-    forward_seconds, _ = fastest(lambda: raw_forward(model, matrices))
+    (fast_seconds, fast), (forward_seconds, _) = fastest_in_turn(
+        [lambda: model.certify(xs, ys, alpha, seed), lambda: raw_forward(model, matrices)])
     start = time.perf_counter()
     naive = naive_certify(model, xs, ys, alpha, seed)
     naive_seconds = time.perf_counter() - start
