@@ -10,6 +10,7 @@ import re
 import subprocess
 import sys
 import traceback
+from collections import OrderedDict
 from importlib import metadata
 from pathlib import Path
 
@@ -95,16 +96,32 @@ def build_cache_key(cell: Cell, task) -> str:
                          "poison": cell.poison.to_dict() if cell.poison else None, "code": code})
 
 
+# Defended models this process built, least recently used first: the cells of one model (its clean
+# cell and every attack cell) share one copy instead of each loading it again.
+_defended_models: OrderedDict = OrderedDict()
+DEFENDED_MODELS_KEPT = 4
+
+
 def build_defended(cell: Cell, task, cache_dir: Path, device: torch.device | None = None,
                    key: str | None = None):
     """The cell's defended model, trained or loaded from the cache under `key` (by default the
-    cell's build cache key; an executor passes the key its driver computed)."""
+    cell's build cache key; an executor passes the key its driver computed), or this process's copy
+    of it. The copy is keyed by the build key and the defense's whole configuration (entries that
+    share trained weights may deploy them differently), device and cache directory."""
+    device = device or default_device()
+    key = key or build_cache_key(cell, task)
+    kept = (key, cell.defense.name, cell.defense.params_json, str(device), str(cache_dir))
+    if kept in _defended_models:
+        _defended_models.move_to_end(kept)
+        return _defended_models[kept]
     entry = DEFENSES.get(cell.defense.name)
-    context = BuildContext(cache_dir, key or build_cache_key(cell, task),
-                           cell.task.params.get("seed", 0), device or default_device())
+    context = BuildContext(cache_dir, key, cell.task.params.get("seed", 0), device)
     set_seed(context.seed)
     defended = entry.obj().build(task, cell.model, cell.defense.params, context)
     check_defended(defended, entry, task)
+    _defended_models[kept] = defended
+    while len(_defended_models) > DEFENDED_MODELS_KEPT:
+        _defended_models.popitem(last=False)
     return defended
 
 

@@ -60,10 +60,9 @@ def import_ray():
 
 # --- worker side: these run in Ray worker processes, which Ray reuses across units ---------------
 
-# What a worker keeps between units, least recently used first: tasks by content, defended models
-# by build key.
+# What a worker keeps between units, least recently used first: tasks by content (defended models
+# are kept by evaluate.build_defended itself).
 _tasks: OrderedDict = OrderedDict()
-_defended: OrderedDict = OrderedDict()
 KEEP = 4
 _plugins: set[str] = set()
 
@@ -132,7 +131,9 @@ def _task(task_key: str, task_box: list):
 
 def _defended_model(cell, key: str, task, cache_dir: Path, names: list[str], artifacts_box: list):
     """The cell's defended model: this worker's copy, else built from the cache files of `key`
-    (fetched from the object store when this machine lacks them)."""
+    (fetched from the object store when this machine lacks them). The copy is the one
+    build_defended keeps, by key and the defense's whole configuration: entries sharing trained
+    weights (RanMASK's vote and logit rows) may deploy them differently."""
     import ray
     import torch
 
@@ -142,12 +143,9 @@ def _defended_model(cell, key: str, task, cache_dir: Path, names: list[str], art
     # none, and such a unit must not use one behind the scheduler's back.
     device = torch.device("cuda" if ray.get_gpu_ids() else "cpu")
 
-    def build():
-        if artifacts_box and not all((cache_dir / name).exists() for name in names):
-            write_files(cache_dir, ray.get(artifacts_box[0]))
-        return build_defended(cell, task, cache_dir, device, key=key)
-
-    return _kept(_defended, f"{key}-{device}", build)
+    if artifacts_box and not all((cache_dir / name).exists() for name in names):
+        write_files(cache_dir, ray.get(artifacts_box[0]))
+    return build_defended(cell, task, cache_dir, device, key=key)
 
 
 def _failure(error: Exception) -> dict:

@@ -5,6 +5,7 @@ specs with the same content hash the same on every machine and in every run.
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 from dataclasses import dataclass, field
@@ -133,8 +134,9 @@ class Cell:
             "protocol": self.protocol.to_dict(),
         }
 
-    @property
+    @functools.cached_property
     def id(self) -> str:
+        """The hash of the cell's specs, computed once (the engine asks for it with every batch)."""
         return content_hash(self.to_dict())
 
     @property

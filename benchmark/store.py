@@ -204,7 +204,10 @@ class Store:
     # Cells -----------------------------------------------------------------------------------
     def open_cell(self, suite: str, cell: Cell, n_batches: int, threat_description: str,
                   certificate_unit: str | None) -> None:
-        """Register a cell (idempotent); a failed cell is retried, a finished one is left alone."""
+        """Register a cell (idempotent); a failed cell is retried, a finished one is left alone.
+        A cell already running or done is only read: a resumed suite writes nothing for it here."""
+        if self.cell_status(cell.id) in ("running", "done"):
+            return
         self.db.execute(
             "INSERT INTO cells (cell_id, suite, task, model, defense, attack, threat_id, "
             "threat_description, certificate_unit, spec, n_batches, status) "
@@ -220,7 +223,8 @@ class Store:
         return row["status"] if row else None
 
     def finish_cell(self, cell_id: str) -> None:
-        self.db.execute("UPDATE cells SET status = 'done' WHERE cell_id = ?", (cell_id,))
+        self.db.execute("UPDATE cells SET status = 'done' WHERE cell_id = ? AND status != 'done'",
+                        (cell_id,))
 
     def fail_cell(self, cell_id: str, reason: str, status: str = "failed") -> None:
         self.db.execute("UPDATE cells SET status = ?, reason = ? WHERE cell_id = ?",

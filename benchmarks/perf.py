@@ -1,11 +1,14 @@
 """`make perf`: what the suite's work costs, for fixed seeds and inputs, in one table.
 
 - forward: each mini model's raw batched forward passes (examples/s) next to the evaluator's
-  examples/s on the same examples: a clean cell end to end (model load, predictions, store
-  writes), and its batch loop alone (the model already loaded). Where the evaluator's overhead
+  examples/s on the same examples: a clean cell end to end (model look-up, predictions, store
+  writes; a process loads each model once and the first cell of a model pays for it), and its
+  batch loop alone; the three are timed in turn (interleaved), so the machine's load reaches all
+  alike. Where the evaluator's overhead
   exceeds 10%, a cell is profiled (cProfile) and the shares of its time are printed and kept
   (cProfile's own cost inflates code of many small Python calls, such as the store's row
   conversion, against the model's few large ones: read the shares as an upper bound).
+- store: per-batch commits (the kill -9 guarantee) against one transaction per cell, per batch.
 - attacks: PGD and AutoAttack (pyautoattack, custom APGD-CE + APGD-T) images/s, DeepWordBug
   queries/s; PGD and DeepWordBug also through the evaluator, for its overhead on an attack cell.
 - certification: benchmarks/perf_certify.py, when present, is run as it is (see CERTIFY_HOOK).
@@ -44,12 +47,13 @@ from benchmark.data import load_task
 from benchmark.evaluate import (batch_seed, build_defended, cell_batches, default_device,
                                 make_attack, run_batch, run_cell, run_suite)
 from benchmark.paths import default_cache_dir
-from benchmark.store import Store
+from benchmark.store import OUTCOME_COLUMNS, Store, _sql_value
 from benchmark.suite import load_suite
 from benchmark.train import set_seed
 
 HERE = Path(__file__).resolve().parent
 SUITE = HERE / "perf.toml"
+RAY_SUITE = HERE / "perf_ray.toml"  # the Ray section's units worth distributing
 RESULTS = HERE / "results" / "perf.json"
 # The certification harness is another script; it is run as-is, with RBENCH_PERF_JSON naming a
 # file where it may write {"rows": [{"section", "name", "unit", "values": {...}, "ratio"}]}; its
@@ -74,23 +78,46 @@ def timed(work, setup=None, min_seconds: float = MIN_SECONDS,
     return min(times), result
 
 
+def interleaved(works, calls: int = 15) -> list[float]:
+    """The fastest call of each `(work, setup)` of `works` (`work(setup())`, the setup untimed; a
+    setup of None: `work()`), called in turn, so that a change in the machine's load reaches them
+    all alike."""
+    best = [float("inf")] * len(works)
+    for _ in range(calls):
+        for k, (work, setup) in enumerate(works):
+            state = setup() if setup else None
+            start = time.perf_counter()
+            work(state) if setup else work()
+            best[k] = min(best[k], time.perf_counter() - start)
+    return best
+
+
 class Evaluator:
-    """Runs single cells through the evaluator, each into a fresh store (store creation untimed)."""
+    """Runs single cells through the evaluator, each into a fresh store (store creation untimed).
+    The store gets its run record first, as `rbench run` writes it before any cell: a new store's
+    first write sets up its write-ahead log (~8 ms), a cost of the run, not of each cell."""
 
     def __init__(self, directory: Path, cache: Path):
         self.directory, self.cache, self.runs = directory, cache, 0
 
     def fresh_store(self) -> Store:
         self.runs += 1
-        return Store(self.directory / f"evaluator-{self.runs}.sqlite")
+        store = Store(self.directory / f"evaluator-{self.runs}.sqlite")
+        store.add_run("perf", "", {})
+        return store
 
     def seconds(self, cell, task, min_calls: int = 3) -> float:
-        seconds, _ = timed(lambda store: run_cell(cell, "perf", store, task, self.cache),
-                           setup=self.fresh_store, min_calls=min_calls)
+        work, setup = self.cell_run(cell, task)
+        seconds, _ = timed(work, setup=setup, min_calls=min_calls)
         return seconds
 
-    def batch_seconds(self, cell, task, defended) -> float:
-        """The evaluator's loop alone (evaluate and commit each batch), the model already built."""
+    def cell_run(self, cell, task):
+        """(work, setup) of a whole cell through the evaluator, into a fresh store."""
+        return lambda store: run_cell(cell, "perf", store, task, self.cache), self.fresh_store
+
+    def batch_loop(self, cell, task, defended):
+        """(work, setup) of the evaluator's loop alone (evaluate and commit each batch), the model
+        already built."""
         batches = cell_batches(cell, task)
 
         def setup():
@@ -102,8 +129,7 @@ class Evaluator:
             for index in range(len(batches)):
                 store.write_batch(cell.id, index, run_batch(cell, defended, None, task, batches, index))
 
-        seconds, _ = timed(work, setup=setup)
-        return seconds
+        return work, setup
 
     def profile(self, cell, task, runs: int = 5) -> dict:
         """Where a clean cell's time goes: shares of the cell's wall time by part of the evaluator
@@ -163,9 +189,10 @@ def forward_rows(cells, tasks, evaluator: Evaluator) -> list[dict]:
                 logits = module.classify(x) if isinstance(x, list) else module(torch.as_tensor(x))
                 logits.argmax(dim=1).numpy()
 
-        raw, _ = timed(forward)
-        evaluated = evaluator.seconds(cell, task)
-        looped = evaluator.batch_seconds(cell, task, defended)
+        # A process builds (or loads) a model once and every cell of it shares it: the cell timed
+        # here finds it built, as every cell but a model's first does in a suite.
+        raw, evaluated, looped = interleaved([(forward, None), evaluator.cell_run(cell, task),
+                                              evaluator.batch_loop(cell, task, defended)])
         extra = {"overhead": round(evaluated / raw - 1, 4),
                  "overhead_batches_only": round(looped / raw - 1, 4), "examples": n}
         if evaluated / raw - 1 > OVERHEAD_LIMIT:
@@ -173,6 +200,53 @@ def forward_rows(cells, tasks, evaluator: Evaluator) -> list[dict]:
         rows.append(row("forward", f"{label} / {cell.model.name}", "examples/s",
                         {"direct": n / raw, "evaluator": n / evaluated,
                          "evaluator, batches only": n / looped}, raw / evaluated, **extra))
+    return rows
+
+
+def store_rows(cells, tasks, evaluator: Evaluator) -> list[dict]:
+    """The price of the kill -9 guarantee: a digits clean cell's outcomes committed one transaction
+    per batch (what the evaluator does: a kill loses at most the batch being computed) against all
+    of its batches in one transaction (a kill would lose the whole cell), beside the batches'
+    compute. Batches of 20 and 100 examples."""
+    rows = []
+    task = tasks["digits"]
+    for size in (20, 100):
+        cell = with_examples(cells[("digits", None)], ALL, size)
+        defended = build_defended(cell, task, evaluator.cache)
+        batches = cell_batches(cell, task)
+        compute, outcomes = timed(lambda: [run_batch(cell, defended, None, task, batches, index)
+                                           for index in range(len(batches))])
+
+        def setup():
+            store = evaluator.fresh_store()
+            store.open_cell("perf", cell, len(batches), "perf", None)
+            return store
+
+        def per_batch(store):
+            for index, batch_rows in enumerate(outcomes):
+                store.write_batch(cell.id, index, batch_rows)
+
+        def one_transaction(store):
+            cell_id = cell.id
+            store.db.execute("BEGIN IMMEDIATE")
+            for index, batch_rows in enumerate(outcomes):
+                store.db.executemany(
+                    f"INSERT INTO outcomes (cell_id, batch_index, {', '.join(OUTCOME_COLUMNS)}) "
+                    f"VALUES ({', '.join('?' * (len(OUTCOME_COLUMNS) + 2))})",
+                    [(cell_id, index, *(_sql_value(o.get(c)) for c in OUTCOME_COLUMNS))
+                     for o in batch_rows])
+                store.db.execute("INSERT INTO batches (cell_id, batch_index) VALUES (?, ?)",
+                                 (cell_id, index))
+            store.db.execute("COMMIT")
+
+        separate, together = interleaved([(per_batch, setup), (one_transaction, setup)])
+        n = len(batches)
+        rows.append(row("store", f"digits clean cell, {n} batches of {size}", "ms a batch",
+                        {"compute": 1000 * compute / n, "commit per batch": 1000 * separate / n,
+                         "one transaction": 1000 * together / n}, together / separate,
+                        commit_share_of_batch=round(separate / (compute + separate), 4),
+                        note="ratio: one transaction's time over per-batch commits'; "
+                             "commit_share_of_batch: what per-batch commits add to a batch"))
     return rows
 
 
@@ -260,19 +334,38 @@ def certify_rows() -> list[dict]:
 
 def ray_rows(suite, cache: Path, directory: Path) -> list[dict]:
     try:
-        import ray
+        import ray  # noqa: F401
     except ImportError:
         print("(ray: not installed, so no Ray timings; pip install 'rbench[ray]')")
         return []
-    from benchmark.ray_executor import run_suite_ray
 
     def sized(cell):
         return with_examples(cell, ALL, 60) if cell.task_label == "digits" else with_examples(cell, 20, 10)
 
     small = replace(suite, cells=[sized(c) for c in suite.cells if c.task_label != "ctoy"])
-    batches = sum(len(cell_batches(c, load_task(c.task))) for c in small.cells)
-    name = f"digits + toy-sentiment: {len(small.cells)} cells, {batches} batches"
-    local = _run_seconds(lambda s: run_suite(small, s, cache), directory)
+    return (ray_workload_rows(small, "digits + toy-sentiment", cache, directory)
+            + ray_workload_rows(load_suite(str(RAY_SUITE)), "RanMASK certification", cache, directory))
+
+
+def ray_workload_rows(suite, label: str, cache: Path, directory: Path) -> list[dict]:
+    """The suite locally and on a local Ray instance of 1 and 2 CPUs, cold (workers start and
+    import) and warm (the same again on the started workers), and where Ray starts to pay.
+
+    With N units of u seconds each (the local run's time per unit), o seconds of Ray overhead per
+    unit (warm 1-CPU run minus local, per unit) and a cold start of C seconds (cold minus warm run
+    on 1 CPU, plus ray.init), W workers finish sooner than one local process once
+    N / W > C / ((W - 1) u - o) (warm: C = 0, so whenever (W - 1) u > o). The break-even printed is
+    that N / W for W = 2, from the 1-CPU runs; the measured 2-CPU speed-ups are beside it (on a
+    shared machine two CPUs are rarely both free)."""
+    import ray
+
+    from benchmark.ray_executor import run_suite_ray
+
+    units = sum(len(cell_batches(c, load_task(c.task, suite.data_root))) for c in suite.cells)
+    builds = len({c.defense for c in suite.cells})
+    name = f"{label}: {len(suite.cells)} cells, {units} batches"
+    run_suite(suite, Store(directory / f"run-{next(_runs)}.sqlite"), cache)  # train, untimed
+    local = _run_seconds(lambda s: run_suite(suite, s, cache), directory)
     seconds = {}
     for cpus in (1, 2):
         start = time.perf_counter()
@@ -280,19 +373,30 @@ def ray_rows(suite, cache: Path, directory: Path) -> list[dict]:
         seconds[f"init_{cpus}"] = time.perf_counter() - start
         try:  # cold: workers start and import; warm: the same again on the started workers
             for run in ("cold", "warm"):
-                seconds[f"{run}_{cpus}"] = _run_seconds(lambda s: run_suite_ray(small, s, cache),
+                seconds[f"{run}_{cpus}"] = _run_seconds(lambda s: run_suite_ray(suite, s, cache),
                                                         directory)
         finally:
             ray.shutdown()
+    per_unit = local / units
+    overhead = (seconds["warm_1"] - local) / (units + builds)
+    cold_start = seconds["cold_1"] - seconds["warm_1"] + seconds["init_1"]
+    gain = per_unit - overhead  # (W - 1) u - o for W = 2
+    break_even = round(cold_start / gain, 1) if gain > 0 else "never"
     note = ("wall seconds; ratio: speed-up of 2 CPUs (two units at once) over 1; cold includes "
             "worker start-up and imports (TextAttack's ~9 s in each worker), not ray.init")
+    common = {"unit_s": round(per_unit, 4), "ray_overhead_per_unit_s": round(overhead, 4),
+              "cold_start_s": round(cold_start, 2),
+              "break_even_units_per_worker_2_workers_cold": break_even,
+              "pays_warm_with_2_workers": gain > 0,
+              "speedup_2_cpus_over_local": {"warm": round(local / seconds["warm_2"], 3),
+                                            "cold": round(local / seconds["cold_2"], 3)}}
     return [row("ray", f"{name}, warm", "s", {"local": local, "1 cpu": seconds["warm_1"],
                                                "2 cpus": seconds["warm_2"]},
-                seconds["warm_1"] / seconds["warm_2"], note=note),
+                seconds["warm_1"] / seconds["warm_2"], note=note, **common),
             row("ray", f"{name}, cold", "s", {"local": local, "1 cpu": seconds["cold_1"],
                                                "2 cpus": seconds["cold_2"]},
                 seconds["cold_1"] / seconds["cold_2"],
-                ray_init_s=[round(seconds["init_1"], 2), round(seconds["init_2"], 2)])]
+                ray_init_s=[round(seconds["init_1"], 2), round(seconds["init_2"], 2)], **common)]
 
 
 _runs = itertools.count()
@@ -324,11 +428,17 @@ def print_table(rows: list[dict], previous: dict) -> None:
                           _fmt(r["ratio"]), _fmt(old["ratio"]) if old else "",
                           " ".join(_fmt(old["values"].get(k)) for k in keys) if old else ""])
         ratio = {"forward": "evaluator/direct", "attacks": "evaluator/direct",
-                 "ray": "speed-up"}.get(section, "ratio")
+                 "store": "one txn/per batch", "ray": "speed-up"}.get(section, "ratio")
         print(f"\n## {section}\n")
         print(tabulate(table, headers=["measurement", "unit", *keys, ratio, "prev ratio",
                                        "prev values"], tablefmt="github"))
         for r in members:
+            if r["section"] == "ray" and r["name"].endswith(", cold"):
+                print(f"\n{r['name'][:-len(', cold')]}: {r['unit_s']} s a unit locally, Ray adds "
+                      f"{r['ray_overhead_per_unit_s']} s a unit, cold start {r['cold_start_s']} s; "
+                      f"2 workers pay (cold) from {r['break_even_units_per_worker_2_workers_cold']} "
+                      f"units per worker, warm: {'always' if r['pays_warm_with_2_workers'] else 'never'}; "
+                      f"measured 2 CPUs / local: {r['speedup_2_cpus_over_local']}")
             if r.get("profile"):
                 profile = r["profile"]
                 shares = ", ".join(f"{k} {v:.0%}" for k, v in profile["shares"].items())
@@ -346,7 +456,7 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=RESULTS, help="where the JSON goes")
     parser.add_argument("--skip", action="append", default=[],
-                        choices=["forward", "attacks", "certification", "ray"])
+                        choices=["forward", "store", "attacks", "certification", "ray"])
     parser.add_argument("--threads", type=int, default=1,
                         help="torch threads (default 1: steady on a shared machine, and what one "
                              "Ray unit of 1 CPU gets)")
@@ -368,6 +478,8 @@ def main(argv=None) -> int:
                 build_defended(cell, tasks[label], cache)
         if "forward" not in args.skip:
             rows += forward_rows(cells, tasks, evaluator)
+        if "store" not in args.skip:
+            rows += store_rows(cells, tasks, evaluator)
         if "attacks" not in args.skip:
             rows += attack_rows(cells, tasks, evaluator)
         if "certification" not in args.skip:

@@ -197,3 +197,28 @@ def test_missing_data_directory_says_where_files_go(tmp_path, capsys):
                  "--store", str(tmp_path / "s.sqlite")]) == 2
     error = capsys.readouterr().err
     assert "sst2" in error and "train.txt" in error
+
+
+def test_a_process_builds_each_defended_model_once_per_deployment(tmp_path):
+    """Cells of one defended model share one copy; entries that share trained weights but deploy
+    them differently (RanMASK's vote and logit rows) each get their own."""
+    from benchmark.data import load_task
+    from benchmark.evaluate import build_defended
+    from benchmark.registry import DEFENSES
+    from benchmark.specs import Cell, DefenseSpec, ModelSpec, Protocol, TaskSpec
+    from benchmark.suite import resolve_config
+
+    task_spec = TaskSpec.make("toy-sentiment", {"seed": 0})
+    task = load_task(task_spec)
+
+    def cell(ensemble):
+        config = resolve_config(DEFENSES.get("ranmask").obj.defaults,
+                                {"rho": 0.7, "epochs": 1, "ensemble": ensemble}, "ranmask")
+        return Cell(task_spec, ModelSpec.make("textcnn", {}), DefenseSpec.make("ranmask", config),
+                    None, Protocol(), "toy-sentiment", f"ranmask-{ensemble}")
+
+    vote = build_defended(cell("vote"), task, tmp_path)
+    assert build_defended(cell("vote"), task, tmp_path) is vote
+    logit = build_defended(cell("logit"), task, tmp_path)
+    assert logit is not vote and (vote.config["ensemble"], logit.config["ensemble"]) == ("vote", "logit")
+    assert len(list(tmp_path.glob("*-model.pt"))) == 1  # one training, shared through the cache

@@ -316,3 +316,15 @@ def test_vote_predicts_by_argmax_and_abstains_only_under_cohens_rule(task, cache
     assert ABSTAIN not in set(argmax) and set(cohen) == {ABSTAIN}
     with pytest.raises(UsageError, match="predict_rule must be one of argmax, cohen"):
         defended(task, cache, "ranmask", predict_rule="vote")
+
+
+@pytest.mark.parametrize("width, values", [(1, 2), (13, 2), (20, 8), (64, 2)])
+def test_distinct_rows_are_numpys_unique_rows(width, values):
+    from defenses.text.smoothing import distinct_rows
+
+    rows = np.random.default_rng(width).integers(0, values, size=(500, width))
+    rows[:200] = rows[7]  # many copies of one row
+    unique, inverse = distinct_rows(rows)
+    expected, expected_inverse = np.unique(rows, axis=0, return_inverse=True)
+    assert np.array_equal(unique, expected) and np.array_equal(inverse, expected_inverse.reshape(-1))
+    assert np.array_equal(unique[inverse], rows)

@@ -111,6 +111,29 @@ def word_embedding(path: str, texts, k: int):
 
 # ---- sentence encoders ----
 
+# Sentence embeddings by (encoder, text), oldest first, shared by every similarity constraint and
+# cell of the process. TextAttack's windowed check encodes the original text's window again with
+# every candidate (half the encodings of a mini BERT-Attack cell were repeats), and attacks on
+# different defenses of one task meet the same candidates; the encoder was most of those cells' time.
+_embeddings: dict = {}
+EMBEDDINGS_KEPT = 100_000  # 384 float32 each for MiniLM: about 150 MB at most
+
+
+def encode_once(name: str, encode):
+    """`encode(sentences) -> array` that encodes each distinct sentence only the first time."""
+    def encode_missing(sentences):
+        if not len(sentences):
+            return encode(sentences)
+        missing = [s for s in dict.fromkeys(sentences) if (name, s) not in _embeddings]
+        if missing:
+            for sentence, embedding in zip(missing, encode(missing)):
+                _embeddings[(name, sentence)] = embedding
+            while len(_embeddings) > EMBEDDINGS_KEPT:
+                del _embeddings[next(iter(_embeddings))]
+        return np.stack([_embeddings[(name, s)] for s in sentences])
+    return encode_missing
+
+
 @functools.lru_cache(maxsize=8)
 def sentence_encoder_constraint(encoder: str, threshold: float, metric: str,
                                 compare_against_original: bool, window_size: int | None):
@@ -133,10 +156,12 @@ def sentence_encoder_constraint(encoder: str, threshold: float, metric: str,
 
         encoder = minilm_path()  # checked against the pinned sha256
     try:
-        return SBERT(model_name=encoder, **options)
+        constraint = SBERT(model_name=encoder, **options)
     except OSError as error:
         raise UsageError(f"could not load sentence encoder {encoder!r}: {error}. Use 'minilm' "
                          f"(offline), 'use', or a sentence-transformers name or local path") from error
+    constraint.encode = encode_once(str(encoder), constraint.encode)
+    return constraint
 
 
 def describe_encoder(config: dict) -> str:

@@ -127,6 +127,7 @@ class Task:
     substitutions: SubstitutionTable | None = None
     source: str = ""  # where the data came from (a directory, an HF name, "generated", "bundled")
     notes: str = ""
+    _checksums: dict | None = field(default=None, init=False, repr=False, compare=False)
 
     def __post_init__(self):
         for split in (self.train, self.test):
@@ -139,10 +140,13 @@ class Task:
         return dataclasses.replace(self, test=None)
 
     def checksums(self) -> dict[str, str]:
-        sums = {"train": self.train.checksum(), "test": self.test.checksum()}
-        if self.substitutions is not None:
-            sums["substitutions"] = self.substitutions.checksum()
-        return sums
+        """The data's digests, computed once: every cache key of every cell of the task names them,
+        and a task's data does not change once loaded."""
+        if self._checksums is None:
+            self._checksums = {"train": self.train.checksum(), "test": self.test.checksum()}
+            if self.substitutions is not None:
+                self._checksums["substitutions"] = self.substitutions.checksum()
+        return dict(self._checksums)
 
     @property
     def input_shape(self) -> tuple[int, ...]:

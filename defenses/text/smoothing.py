@@ -31,6 +31,9 @@ SMOOTHING_DEFAULTS = {"ensemble": "vote", "predict_rule": "argmax", "predict_sam
                       "eval_batch_size": 1024}
 # Settings that change how the trained model is used, not how it is trained (shared cache entry).
 SMOOTHING_INFERENCE_KEYS = tuple(SMOOTHING_DEFAULTS)
+# The noisy copies (before duplicates are merged) one certification pass draws: its memory is a
+# few bytes per copy and word, and its distinct copies are classified eval_batch_size at a time.
+CERTIFY_COPIES = 200_000
 
 
 def check_smoothing_config(config: dict, name: str) -> None:
@@ -100,9 +103,16 @@ def split_like(array: np.ndarray, sizes: list[int]) -> list[np.ndarray]:
 
 
 def distinct_rows(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """The distinct rows of a small-integer matrix and, for each row, the index of its distinct row."""
-    unique, inverse = np.unique(rows, axis=0, return_inverse=True)
-    return unique, inverse.reshape(-1)
+    """The distinct rows of a small-integer matrix in lexicographic order (np.unique(axis=0)'s
+    result) and, for each row, the index of its distinct row. A lexsort over the columns, 6-10x
+    faster than np.unique's sort of whole rows, which was a quarter of certification's time."""
+    order = np.lexsort(rows.T[::-1])
+    ordered = rows[order]
+    starts = np.ones(len(rows), dtype=bool)
+    starts[1:] = (ordered[1:] != ordered[:-1]).any(axis=1)
+    inverse = np.empty(len(rows), dtype=np.int64)
+    inverse[order] = np.cumsum(starts) - 1
+    return ordered[starts], inverse
 
 
 class SmoothedText:
@@ -176,9 +186,13 @@ class SmoothedText:
         likely and at most `limit` many (exact vote shares for the audit); None otherwise."""
         return None
 
-    def noisy(self, plans: Sequence[Plan], n: int, rngs: Sequence[np.random.Generator]) -> list[Noisy]:
-        """Draw n noisy copies of each text and classify each distinct copy once."""
-        return self.classify_rows(plans, [self.sample(plan, n, rng) for plan, rng in zip(plans, rngs)])
+    def noisy(self, plans: Sequence[Plan], n: int | Sequence[int],
+              rngs: Sequence[np.random.Generator]) -> list[Noisy]:
+        """Draw n noisy copies of each text (or n[i] of text i, drawn in order of the plans) and
+        classify each distinct copy once, all in one batched pass."""
+        counts = [n] * len(plans) if isinstance(n, int) else n
+        return self.classify_rows(plans, [self.sample(plan, count, rng)
+                                          for plan, count, rng in zip(plans, counts, rngs)])
 
     def classify_rows(self, plans: Sequence[Plan], row_sets: Sequence[np.ndarray]) -> list[Noisy]:
         """Classify the given noisy copies of each text (rows), each distinct copy once."""
@@ -267,17 +281,18 @@ class SmoothedText:
     # Certification -----------------------------------------------------------------------------
     def certify_votes(self, xs: Sequence[str], ys: np.ndarray, alpha: float, seed: int) -> list[Certificate]:
         """Cohen's CERTIFY with the defense's own bound: certify_n0 copies pick the class,
-        certify_n others bound its probability, in groups of examples so that one group's copies
-        fit one batched pass."""
+        certify_n others bound its probability, in groups of examples whose copies (selection and
+        estimation together) fit one batched pass of at most CERTIFY_COPIES copies."""
         n0, n = self.config["certify_n0"], self.config["certify_n"]
-        group = max(1, 200_000 // (n0 + n))
+        group = max(1, CERTIFY_COPIES // (n0 + n))
         certificates = []
         for start in range(0, len(xs), group):
             indices = range(start, min(start + group, len(xs)))
             plans = self.plans([xs[i] for i in indices])
             rngs = [example_rng(seed, i) for i in indices]
-            selection = self.noisy(plans, n0, rngs)
-            estimation = self.noisy(plans, n, rngs)
+            # Every example's selection copies, then its estimation copies, from its generator.
+            drawn = self.noisy(plans + plans, [n0] * len(plans) + [n] * len(plans), rngs + rngs)
+            selection, estimation = drawn[:len(plans)], drawn[len(plans):]
             for i, plan, rng, first, second in zip(indices, plans, rngs, selection, estimation):
                 certificates.append(self.certificate(plan, first.counts(self.num_classes), second,
                                                      int(ys[i]), alpha, rng))
