@@ -198,12 +198,20 @@ def evaluate_batch(cell: Cell, defended, attack, xs, ys: np.ndarray, indices: np
                              f"{len(ys)} inputs")
         adversarial = stack_inputs([o.adversarial for o in outcomes], xs)
         attacked = check_predictions(defended.predict(adversarial), len(ys), num_classes, who)
-        for row, outcome, prediction in zip(rows, outcomes, attacked):
+        draws = cell.protocol.judge_draws if getattr(defended, "randomized", False) else 1
+        # Fresh predictions of a randomized defense on the same adversarial inputs: how many of
+        # the judge_draws (the first included) get each example right.
+        correct_draws = (attacked == ys).astype(int)
+        for _ in range(draws - 1):
+            again = check_predictions(defended.predict(adversarial), len(ys), num_classes, who)
+            correct_draws += again == ys
+        for row, outcome, prediction, correct in zip(rows, outcomes, attacked, correct_draws):
+            judged = {"judge_draws": draws, "correct_draws": int(correct)} if draws > 1 else {}
             row.update(adversarial_prediction=int(prediction),
                        success=int(row["clean_prediction"] == row["label"] and prediction != row["label"]),
                        queries=int(outcome.queries), perturbation=float(outcome.perturbation),
                        adversarial_text=outcome.adversarial if isinstance(outcome.adversarial, str) else None,
-                       extra=outcome.extra)
+                       extra={**outcome.extra, **judged})
     elif cell.protocol.certify and hasattr(defended, "certify"):
         certificates = defended.certify(xs, ys, cell.protocol.alpha, seed)
         for row, certificate in zip(rows, certificates):

@@ -57,6 +57,12 @@ def cell_metrics(outcomes: list[dict], has_attack: bool, unit: str | None = None
         # averaged over successful attacks.
         metrics["robust_accuracy"] = rate((correct & (attacked == labels)).sum(), len(labels),
                                           REPORT_ALPHA).to_dict()
+        extras = [o.get("extra") or {} for o in outcomes]
+        if any("judge_draws" in extra for extra in extras):
+            all_draws = np.array([extra.get("correct_draws") == extra.get("judge_draws")
+                                  for extra in extras], dtype=bool)
+            metrics["robust_accuracy_all_draws"] = rate((correct & all_draws).sum(), len(labels),
+                                                        REPORT_ALPHA).to_dict()
         metrics["attack_success_rate"] = rate(success.sum(), correct.sum(), REPORT_ALPHA).to_dict()
         metrics["mean_queries"] = _mean(queries[correct])
         metrics["mean_perturbation"] = _mean(perturbation[success])
@@ -198,15 +204,18 @@ def threat_family(attack: str, params: dict) -> str:
 
 
 def worst_case(attacked: list[list[dict]]) -> dict:
-    """example_index -> robust under every one of these attacks (correct before and after each),
-    on the examples all of them evaluated."""
+    """example_index -> robust under every one of these attacks (correct before and after each,
+    and for a randomized defense judged with several draws, in every draw), on the examples all
+    of them evaluated."""
     shared = set.intersection(*({o["example_index"] for o in outcomes} for outcomes in attacked))
     robust = dict.fromkeys(shared, True)
     for outcomes in attacked:
         for o in outcomes:
             if o["example_index"] in robust:
+                extra = o.get("extra") or {}
+                every_draw = extra.get("correct_draws", 1) == extra.get("judge_draws", 1)
                 robust[o["example_index"]] &= (o["clean_prediction"] == o["label"] ==
-                                               o["adversarial_prediction"])
+                                               o["adversarial_prediction"]) and every_draw
     return robust
 
 

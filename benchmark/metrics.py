@@ -49,6 +49,10 @@ _DECLARED = (
     Metric("robust_accuracy", "acc under attack %",
            "share of the n examples classified correctly both before and after the attack",
            "rate", +1, (ATTACK, MATRIX)),
+    Metric("robust_accuracy_all_draws", "acc under attack, all draws %",
+           "share of the n examples a randomized defense classifies correctly before the attack "
+           "and in every one of the protocol's judge_draws fresh predictions on the adversarial "
+           "input (the single-draw figure is accuracy under attack)", "rate", +1, (ATTACK,)),
     Metric("worst_case_accuracy", "worst-case acc %",
            "share of the n examples classified correctly under every attack of the same threat "
            "family that was run on them (per example, as AutoAttack and RobustBench count it), "

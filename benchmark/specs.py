@@ -99,10 +99,15 @@ class Protocol:
     batch_size: int = 50
     alpha: float = 0.05
     certify: bool = True
+    # A randomized defense answers differently each time: its adversarial inputs are judged by
+    # `judge_draws` fresh predictions, robust only if all are right (the first is the single-draw
+    # figure). Left out of the dict at 1, so protocols without it keep their cell ids.
+    judge_draws: int = 1
 
     def to_dict(self) -> dict:
         return {"seed": self.seed, "n_examples": self.n_examples, "batch_size": self.batch_size,
-                "alpha": self.alpha, "certify": self.certify}
+                "alpha": self.alpha, "certify": self.certify,
+                **({"judge_draws": self.judge_draws} if self.judge_draws != 1 else {})}
 
 
 @dataclass(frozen=True)

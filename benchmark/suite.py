@@ -42,7 +42,8 @@ TASK_KEYS = {"task", "params", "model", "model_params", "train", "protocol", "re
              "defenses", "attacks"}
 COMPONENT_KEYS = {"params", "tasks", "per_task"}
 CELL_KINDS = ("clean", "attacks", "backdoor")  # a defense's `cells`: which kinds of cell it gets
-PROTOCOL_TYPES = {"seed": int, "n_examples": int, "batch_size": int, "alpha": float, "certify": bool}
+PROTOCOL_TYPES = {"seed": int, "n_examples": int, "batch_size": int, "alpha": float, "certify": bool,
+                  "judge_draws": int}
 # The smallest value each training setting may take (epochs = 0 keeps the initial weights).
 TRAIN_MINIMUM = {"epochs": 0, "batch_size": 1, "lr": 0.0, "weight_decay": 0.0}
 # Placement, not protocol: it never changes an outcome, so it stays out of cell ids.
@@ -137,7 +138,7 @@ def _protocol(base: dict, overrides: dict, where: str) -> Protocol:
     protocol = Protocol(**merged)
     if protocol.seed < 0:
         raise UsageError(f"{where}: seed must be a non-negative integer, got {protocol.seed}")
-    for key in ("n_examples", "batch_size"):
+    for key in ("n_examples", "batch_size", "judge_draws"):
         if getattr(protocol, key) <= 0:
             raise UsageError(f"{where}: {key} must be positive, got {getattr(protocol, key)}")
     if not 0 < protocol.alpha < 1:

@@ -421,6 +421,7 @@ seed = 0
 [protocol]
 n_examples = 30
 batch_size = 30
+judge_draws = 4
 [tasks.digits]
 model = "smallcnn"
 model_params = { width = 8, feature_dim = 32 }
@@ -469,6 +470,15 @@ def test_vision_suite_end_to_end(tmp_path):
     markdown = render_markdown(board)
     assert "sanity flags" in markdown and "## Sanity checks" in markdown
     assert "certified acc % at r=0.5 (l2)" in markdown
+    # A randomized defense's adversarial inputs are judged by 4 fresh draws; a deterministic one's
+    # by its one prediction.
+    pgd = next(t["threat_id"] for t in board["tables"] if t["attack"] == "pgd")
+    judged = rows[(pgd, "randomized-smoothing")]["metrics"]
+    assert judged["robust_accuracy_all_draws"]["successes"] <= judged["robust_accuracy"]["successes"]
+    assert "robust_accuracy_all_draws" not in rows[(pgd, "vanilla")]["metrics"]
+    cell = next(c for c in suite.cells if c.defense_label == "randomized-smoothing" and c.attack_label == "pgd")
+    assert {o["extra"]["judge_draws"] for o in store.outcomes(cell.id)} == {4}
+    assert "acc under attack, all draws %" in markdown
 
 
 def test_attack_protocol_override_is_validated(tmp_path):
