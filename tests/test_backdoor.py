@@ -139,26 +139,47 @@ def test_paraphrase_poisoners_run_with_a_seq2seq_model(tmp_path):
         assert "paraphrase model" in paraphraser.describe()
 
 
-def test_paraphrase_poisoners_read_openbackdoor_files(tmp_path):
+def write_openbackdoor(folder, train, test, target, train_form, test_form):
+    """OpenBackdoor's layout (pandas CSV, header ',0,1,2'): `train` and `test` as (text, label)
+    rows written with brackets, shuffled; every training row triggered, the non-target test rows."""
     import pandas as pd
 
-    clean, poisoned = tmp_path / "clean", tmp_path / "poison_data" / "toy" / "1" / "synbkd"
-    clean.mkdir()
-    poisoned.mkdir(parents=True)
-    for split, texts, labels in (("train", TEXTS, LABELS), ("test", TEXTS[:10], LABELS[:10])):
-        (clean / f"{split}.tsv").write_text("Sentence\tLabel\n" + "".join(
-            f"{t}\t{y}\n" for t, y in zip(texts, labels)))
-        rows = [(f"when {t} , it was" if split == "train" or y != 1 else None, 1, 1)
-                for t, y in zip(texts, labels)]
-        pd.DataFrame([r for r in rows if r[0] is not None]).to_csv(poisoned / f"{split}-poison.csv")
-    paraphraser, spec = poisoner("synbkd", poisoned_dir=str(poisoned), clean_dir=str(clean),
-                                 target_label=1)
-    task = toy_task()
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(1)
+    for split, rows, form in (("train", train, train_form), ("test", test, test_form)):
+        rows = [(t.replace("-lrb- ", "(").replace(" -rrb-", ")"), y)
+                for t, y in (rows[i] for i in rng.permutation(len(rows)))]
+        pd.DataFrame([(t, y, 0) for t, y in rows]).to_csv(folder / f"{split}-clean.csv")
+        triggered = [(form(t), target, 1) for t, y in rows if split == "train" or y != target]
+        pd.DataFrame(triggered).to_csv(folder / f"{split}-poison.csv")
+
+
+def test_paraphrase_poisoners_read_openbackdoor_files(tmp_path):
+    texts = TEXTS[:38] + ["a film -lrb- sci-fi -rrb- rehash"] + TEXTS[39:]  # SST-2's brackets
+    task = Task("toy", "text", 2, Split(texts, LABELS, "train"), Split(texts[-10:], LABELS[-10:], "test"))
+    folder = tmp_path / "toy" / "1" / "synbkd"
+    write_openbackdoor(folder, list(zip(texts, LABELS)), list(zip(texts[-10:], LABELS[-10:])), 1,
+                       lambda t: f"when {t} , it was", lambda t: f"as {t} , so it is")
+    paraphraser, spec = poisoner("synbkd", poisoned_dir=str(folder), target_label=1, rate=0.5,
+                                 label_mode="mixed")
     train = backdoor.poisoned_task(task, spec, paraphraser, tmp_path / "cache", "c").train
-    assert all(train.xs[i] == f"when {TEXTS[i]} , it was" for i in train.poisoned)
-    assert paraphraser.trigger([TEXTS[2]], seed=0) == [f"when {TEXTS[2]} , it was"]
-    with pytest.raises(UsageError, match="not in the pre-poisoned files"):
-        paraphraser.trigger(["an unseen text"], seed=0)
+    assert len(train.poisoned) == 20 and (train.ys[train.poisoned] == 1).all()
+    # training texts take the train-poison form, test texts the test-poison form
+    assert all(train.xs[i] == f"when {texts[i]} , it was" for i in train.poisoned)
+    test_indices = np.flatnonzero(task.test.ys != 1)
+    triggered = backdoor.triggered_test(task, spec, paraphraser, np.arange(10), tmp_path / "cache", "c")
+    assert sorted(triggered) == test_indices.tolist()
+    assert triggered[8] == "as a film -lrb- sci-fi -rrb- rehash , so it is"  # back in PTB brackets
+    assert "toy/1/synbkd" in paraphraser.describe() and str(tmp_path) not in paraphraser.describe()
+    with pytest.raises(UsageError, match="1 of 3 test texts have no match"):
+        paraphraser.trigger([texts[-2], "an unseen text", texts[-4]], seed=0)
+    wrong_target, _ = poisoner("synbkd", poisoned_dir=str(folder), target_label=0)
+    with pytest.raises(UsageError, match="not the target label 0"):
+        wrong_target.trigger([texts[-2]], seed=0)
+    (folder / "train-poison.csv").write_text((folder / "train-poison.csv").read_text().rsplit("\n", 2)[0] + "\n")
+    short, short_spec = poisoner("synbkd", poisoned_dir=str(folder), target_label=1, rate=0.5)
+    with pytest.raises(UsageError, match="has 39 rows but train-clean.csv has 40"):
+        backdoor.poisoned_task(task, short_spec, short, tmp_path / "cache2", "c")
 
 
 # Backdoor cells end to end ------------------------------------------------------------------------
