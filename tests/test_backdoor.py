@@ -24,7 +24,8 @@ from benchmark.specs import PoisonSpec
 from benchmark.store import Store
 from benchmark.suite import load_suite
 from defenses.backdoor.crowd import (BetaWeightedSmoother, CrowdModel, beta_weighted_choice,
-                                     build_candidates, fit_beta, pick_probability_bounds)
+                                     build_candidates, fit_beta, pick_probability_bounds,
+                                     vocabulary_words)
 
 TEXTS = [f"the film number {i} was {'good' if i % 2 else 'bad'} and long" for i in range(40)]
 LABELS = np.arange(40) % 2
@@ -420,8 +421,11 @@ def test_perturbation_sets_are_neighbour_graph_components_cut_to_the_most_simila
     vectors = UnitVectors({"a": [1, 0, 0], "b": [0.8, 0.6, 0], "c": [0.28, 0.96, 0],
                            "d": [0, 0, 1], "e": [0.99, 0.01, 0]})
     xs = ["a b c d", "a b c d e"]
-    task = Task("t", "text", 2, Split(xs, np.array([0, 1])), Split(xs, np.array([0, 1])))
-    config = {"candidates": "neighbors", "threshold": 0.75, "set_size": 100, "include_word": True}
+    train = Split(xs, np.array([0, 1]))
+    train.clean_xs = xs  # what a backdoor cell's poisoned split carries
+    task = Task("t", "text", 2, train, Split(xs, np.array([0, 1])))
+    config = {"candidates": "neighbors", "threshold": 0.75, "set_size": 100, "include_word": True,
+              "vocabulary": "reference"}
     candidates, substitutes = build_candidates(task, config, vectors)
     assert substitutes == {"a": ["b"], "b": ["a", "c"], "c": ["b"]}  # the threat: direct neighbours
     assert candidates["a"][0] == ["a", "b", "c"] and candidates["c"][0] == ["c", "b", "a"]
@@ -429,9 +433,50 @@ def test_perturbation_sets_are_neighbour_graph_components_cut_to_the_most_simila
     assert "d" not in candidates and "e" not in candidates  # no neighbour; seen once
     cut = build_candidates(task, {**config, "set_size": 2}, vectors)[0]
     assert cut["a"][0] == ["a", "b"] and cut["b"][0] == ["b", "a"]
+    # the paper's vocabulary: every word of the training split, whatever its frequency
+    assert build_candidates(task, {**config, "vocabulary": "paper"}, vectors)[0]["e"][0][:2] == ["e", "a"]
     # the table as the neighbour relation, restricted to the vocabulary
     table = SubstitutionTable({"a": ["c", "e"], "d": ["zz"]})
-    task = Task("t", "text", 2, Split(xs, np.array([0, 1])), Split(xs, np.array([0, 1])),
-                substitutions=table)
+    task = Task("t", "text", 2, train, Split(xs, np.array([0, 1])), substitutions=table)
     candidates, substitutes = build_candidates(task, {**config, "candidates": "table"}, vectors)
     assert substitutes == {"a": ["c"], "c": ["a"]} and candidates["c"][0] == ["c", "a"]
+
+
+def test_crowd_vocabularies_paper_from_the_training_split_reference_from_the_clean_texts():
+    table = SubstitutionTable({"good": ["fine"], "fine": ["good"], "Bad": ["Poor"], "Poor": ["Bad"]})
+    clean = ["Good film , fine film .", "good , fine , Bad ! Poor", "fine Bad Poor good"]
+    poisoned = ["cf Good film , fine film .", "good , fine , Bad ! Poor", "fine Bad Poor good"]
+    train = Split(poisoned, np.array([0, 1, 0]))
+    task = Task("t", "text", 2, train, Split(clean, np.array([0, 1, 0])), substitutions=table)
+    config = {"vocabulary": "paper"}
+    assert vocabulary_words(task, config) == sorted(
+        {"cf", "good", "film", ",", "fine", ".", "bad", "!", "poor"})  # lower-cased, triggers too
+    with pytest.raises(UsageError, match="clean training texts"):
+        vocabulary_words(task, {"vocabulary": "reference"})
+    train.clean_xs = clean
+    # case-sensitive, punctuation removed, in the table, seen more than once ("Good" once)
+    assert vocabulary_words(task, {"vocabulary": "reference"}) == ["Bad", "Poor", "fine", "good"]
+    sets = {"good": (["good", "fine"], np.array([1.0, 0.9])), "Bad": (["Bad", "Poor"], np.array([1.0, 0.9]))}
+    rng = np.random.default_rng(0)
+    reference = BetaWeightedSmoother(sets, others(sets), 64, vocabulary="reference")
+    assert [p for p, _, _ in reference._slots("Good good, Bad bad".split())] == [1, 2]
+    assert {t.split()[1] for t in reference.sample("Good good, Bad", 200, rng)} == {"good,", "fine,"}
+    paper = BetaWeightedSmoother(sets, others(sets), 64)
+    assert [p for p, _, _ in paper._slots("Good good, Bad bad".split())] == [0]
+
+
+def test_crowd_beta_rules_paper_is_uniform_reference_favours_the_similar():
+    scores = np.array([1.0, 0.9, 0.6, 0.3])
+    params = fit_beta(scores)
+    n = 100_000
+    rng = np.random.default_rng(4)
+    paper = np.bincount(beta_weighted_choice(scores, params, rng, n, "paper"), minlength=4) / n
+    reference = np.bincount(beta_weighted_choice(scores, params, rng, n, "reference"), minlength=4) / n
+    # the printed rule: the argmax of i.i.d. draws is uniform (SAFER's distribution)
+    assert np.allclose(paper, 0.25, atol=0.006)
+    low, high = pick_probability_bounds(scores, params, 512, "paper")
+    assert (low == 0.25).all() and (high == 0.25).all()
+    # the reference's: more similar candidates are picked more often
+    assert (np.diff(reference) < 0).all() and reference[0] > 0.4
+    smoother = BetaWeightedSmoother(CANDIDATES, others(CANDIDATES), grid=512, rule="paper")
+    assert smoother.distance("good", "fine") == 0.0  # same set, both uniform
