@@ -480,3 +480,8 @@ def test_crowd_beta_rules_paper_is_uniform_reference_favours_the_similar():
     assert (np.diff(reference) < 0).all() and reference[0] > 0.4
     smoother = BetaWeightedSmoother(CANDIDATES, others(CANDIDATES), grid=512, rule="paper")
     assert smoother.distance("good", "fine") == 0.0  # same set, both uniform
+    # the rule and the vocabulary shape the smoothing distribution: the certificate's threat id
+    from defenses.backdoor.crowd import Crowd
+    ids = {Crowd.certificate_threat({**Crowd.defaults, **change}) for change in
+           ({}, {"beta_rule": "paper"}, {"vocabulary": "reference"})}
+    assert len(ids) == 3

@@ -83,6 +83,10 @@ def read_poisoned_pairs(folder: Path, split: str, target: int) -> dict[str, str]
     folder made for target label `target` (the first row wins for a text that occurs twice)."""
     clean, clean_labels = _read_openbackdoor_csv(folder / f"{split}-clean.csv")
     poisoned, poisoned_labels = _read_openbackdoor_csv(folder / f"{split}-poison.csv")
+    if len(poisoned_labels) and not (poisoned_labels == target).all():
+        raise UsageError(f"{folder / f'{split}-poison.csv'} labels its rows "
+                         f"{sorted(set(poisoned_labels.tolist()))}, not the target label {target}: "
+                         f"these files were made for another target")
     if split == "test":  # only the non-target rows are triggered
         clean = [t for t, y in zip(clean, clean_labels) if y != target]
     if len(poisoned) != len(clean):
@@ -90,10 +94,6 @@ def read_poisoned_pairs(folder: Path, split: str, target: int) -> dict[str, str]
                          f"{split}-clean.csv has {len(clean)}" + (
                              f" whose label is not the target {target}" if split == "test" else "")
                          + "; the two must come from the same poisoning run")
-    if len(poisoned_labels) and not (poisoned_labels == target).all():
-        raise UsageError(f"{folder / f'{split}-poison.csv'} labels its rows "
-                         f"{sorted(set(poisoned_labels.tolist()))}, not the target label {target}: "
-                         f"these files were made for another target")
     pairs: dict[str, str] = {}
     for text, triggered in zip(clean, poisoned):
         pairs.setdefault(match_key(text), triggered)
@@ -108,10 +108,6 @@ class ParaphrasePoisoner(TextPoisoner):
         super().__init__(config)
         self._model = None
         self._pairs: dict[str, dict[str, str]] = {}
-
-    @property
-    def name(self) -> str:
-        return type(self).__name__.lower()
 
     def prompt_fields(self) -> dict:
         return {}
