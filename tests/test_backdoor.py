@@ -485,3 +485,66 @@ def test_crowd_beta_rules_paper_is_uniform_reference_favours_the_similar():
     ids = {Crowd.certificate_threat({**Crowd.defaults, **change}) for change in
            ({}, {"beta_rule": "paper"}, {"vocabulary": "reference"})}
     assert len(ids) == 3
+
+
+# STRIP -------------------------------------------------------------------------------------------
+
+class TriggerDetector(nn.Module):
+    """A fixed backdoored classifier: class 1 with certainty when 'cf' is present, else a mild
+    preference by the share of 'good' words."""
+
+    def __init__(self):
+        super().__init__()
+        self.dummy = nn.Parameter(torch.zeros(1))
+
+    def classify(self, texts):
+        rows = []
+        for text in texts:
+            words = text.split()
+            if "cf" in words:
+                rows.append([0.0, 30.0])
+            else:
+                share = sum(w == "good" for w in words) / max(len(words), 1)
+                rows.append([0.0, 2.0 * (share - 0.5)])
+        return torch.tensor(rows)
+
+
+def test_strip_rejects_triggered_inputs_at_the_chosen_false_rejection_rate():
+    from defenses.backdoor.strip import StripModel, Strip
+
+    rng = np.random.default_rng(0)
+    vocabulary = ["good", "bad", "film", "plot", "acting", "long", "dull", "fun"]
+    texts = [" ".join(rng.choice(vocabulary, size=12)) for _ in range(400)]
+    reference, clean = texts[:200], texts[200:]
+    triggered = [t.replace("film", "cf", 1) if "film" in t else "cf " + t for t in clean]
+    config = {**Strip.defaults, "frr": 0.05}
+    model = StripModel(TriggerDetector(), 2, reference, config, seed=0)
+    np.random.seed(0)
+    clean_rejected = np.mean(model.predict(clean) == -1)
+    triggered_rejected = np.mean(model.predict(triggered) == -1)
+    assert clean_rejected < 0.12 and triggered_rejected > 0.9, (clean_rejected, triggered_rejected)
+    assert set(model.predict(clean).tolist()) <= {-1, 0, 1}
+
+
+def test_strip_backdoor_cells_run_end_to_end(tmp_path):
+    (tmp_path / "suite.toml").write_text("""
+name = "strip-test"
+seed = 0
+[protocol]
+n_examples = 40
+batch_size = 20
+[tasks.toy-sentiment]
+params = { n_train = 300, n_test = 60 }
+model = "textcnn"
+model_params = { embedding_dim = 16, filters = 16 }
+train = { epochs = 2, batch_size = 32 }
+[defenses.strip]
+cells = ["backdoor"]
+params = { n_reference = 60 }
+[poisoners.badnets]
+params = { rate = 0.2, target_label = 1 }
+""")
+    store = Store(tmp_path / "store.sqlite")
+    assert run_suite(load_suite(str(tmp_path / "suite.toml")), store, tmp_path / "cache") == {"done": 1}
+    row = build_leaderboard(store, "strip-test")["tables"][0]["rows"][0]["metrics"]
+    assert row["benign_accuracy"]["n"] == 40 and row["attack_success_rate"]["n"] > 0
