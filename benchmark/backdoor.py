@@ -79,7 +79,8 @@ def _cached_json(path: Path, compute: Callable[[], dict]) -> dict:
 
 
 def poisoned_task(task: Task, spec: PoisonSpec, poisoner, cache_dir: Path, code: str) -> Task:
-    """`task` with its training split poisoned by `poisoner` (cached by content hash)."""
+    """`task` with its training split poisoned by `poisoner` (cached by content hash); the split
+    carries `poisoned` (the changed indices) and `clean_xs` (the texts before poisoning)."""
     params = spec.params
     if params["target_label"] >= task.num_classes:
         raise UsageError(f"poisoner '{spec.name}': target_label {params['target_label']} is not a "
@@ -94,6 +95,8 @@ def poisoned_task(task: Task, spec: PoisonSpec, poisoner, cache_dir: Path, code:
     cached = _cached_json(Path(cache_dir) / "poison" / f"{key}-train.json", compute)
     train = Split(cached["xs"], np.asarray(cached["ys"]), "train")
     train.poisoned = np.asarray(cached["poisoned"], dtype=np.int64)
+    # The clean texts, for what needs them (CROWD's reference vocabulary); a defense trains on xs.
+    train.clean_xs = list(task.train.xs)
     notes = (f"{task.notes}; " if task.notes else "") + \
         f"training split poisoned by {spec.name} ({len(train.poisoned)} of {len(train)} examples)"
     return dataclasses.replace(task, train=train, notes=notes)

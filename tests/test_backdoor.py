@@ -24,7 +24,8 @@ from benchmark.specs import PoisonSpec
 from benchmark.store import Store
 from benchmark.suite import load_suite
 from defenses.backdoor.crowd import (BetaWeightedSmoother, CrowdModel, beta_weighted_choice,
-                                     build_candidates, fit_beta, pick_probability_bounds)
+                                     build_candidates, fit_beta, pick_probability_bounds,
+                                     vocabulary_words)
 
 TEXTS = [f"the film number {i} was {'good' if i % 2 else 'bad'} and long" for i in range(40)]
 LABELS = np.arange(40) % 2
@@ -139,26 +140,47 @@ def test_paraphrase_poisoners_run_with_a_seq2seq_model(tmp_path):
         assert "paraphrase model" in paraphraser.describe()
 
 
-def test_paraphrase_poisoners_read_openbackdoor_files(tmp_path):
+def write_openbackdoor(folder, train, test, target, train_form, test_form):
+    """OpenBackdoor's layout (pandas CSV, header ',0,1,2'): `train` and `test` as (text, label)
+    rows written with brackets, shuffled; every training row triggered, the non-target test rows."""
     import pandas as pd
 
-    clean, poisoned = tmp_path / "clean", tmp_path / "poison_data" / "toy" / "1" / "synbkd"
-    clean.mkdir()
-    poisoned.mkdir(parents=True)
-    for split, texts, labels in (("train", TEXTS, LABELS), ("test", TEXTS[:10], LABELS[:10])):
-        (clean / f"{split}.tsv").write_text("Sentence\tLabel\n" + "".join(
-            f"{t}\t{y}\n" for t, y in zip(texts, labels)))
-        rows = [(f"when {t} , it was" if split == "train" or y != 1 else None, 1, 1)
-                for t, y in zip(texts, labels)]
-        pd.DataFrame([r for r in rows if r[0] is not None]).to_csv(poisoned / f"{split}-poison.csv")
-    paraphraser, spec = poisoner("synbkd", poisoned_dir=str(poisoned), clean_dir=str(clean),
-                                 target_label=1)
-    task = toy_task()
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(1)
+    for split, rows, form in (("train", train, train_form), ("test", test, test_form)):
+        rows = [(t.replace("-lrb- ", "(").replace(" -rrb-", ")"), y)
+                for t, y in (rows[i] for i in rng.permutation(len(rows)))]
+        pd.DataFrame([(t, y, 0) for t, y in rows]).to_csv(folder / f"{split}-clean.csv")
+        triggered = [(form(t), target, 1) for t, y in rows if split == "train" or y != target]
+        pd.DataFrame(triggered).to_csv(folder / f"{split}-poison.csv")
+
+
+def test_paraphrase_poisoners_read_openbackdoor_files(tmp_path):
+    texts = TEXTS[:38] + ["a film -lrb- sci-fi -rrb- rehash"] + TEXTS[39:]  # SST-2's brackets
+    task = Task("toy", "text", 2, Split(texts, LABELS, "train"), Split(texts[-10:], LABELS[-10:], "test"))
+    folder = tmp_path / "toy" / "1" / "synbkd"
+    write_openbackdoor(folder, list(zip(texts, LABELS)), list(zip(texts[-10:], LABELS[-10:])), 1,
+                       lambda t: f"when {t} , it was", lambda t: f"as {t} , so it is")
+    paraphraser, spec = poisoner("synbkd", poisoned_dir=str(folder), target_label=1, rate=0.5,
+                                 label_mode="mixed")
     train = backdoor.poisoned_task(task, spec, paraphraser, tmp_path / "cache", "c").train
-    assert all(train.xs[i] == f"when {TEXTS[i]} , it was" for i in train.poisoned)
-    assert paraphraser.trigger([TEXTS[2]], seed=0) == [f"when {TEXTS[2]} , it was"]
-    with pytest.raises(UsageError, match="not in the pre-poisoned files"):
-        paraphraser.trigger(["an unseen text"], seed=0)
+    assert len(train.poisoned) == 20 and (train.ys[train.poisoned] == 1).all()
+    # training texts take the train-poison form, test texts the test-poison form
+    assert all(train.xs[i] == f"when {texts[i]} , it was" for i in train.poisoned)
+    test_indices = np.flatnonzero(task.test.ys != 1)
+    triggered = backdoor.triggered_test(task, spec, paraphraser, np.arange(10), tmp_path / "cache", "c")
+    assert sorted(triggered) == test_indices.tolist()
+    assert triggered[8] == "as a film -lrb- sci-fi -rrb- rehash , so it is"  # back in PTB brackets
+    assert "toy/1/synbkd" in paraphraser.describe() and str(tmp_path) not in paraphraser.describe()
+    with pytest.raises(UsageError, match="1 of 3 test texts have no match"):
+        paraphraser.trigger([texts[-2], "an unseen text", texts[-4]], seed=0)
+    wrong_target, _ = poisoner("synbkd", poisoned_dir=str(folder), target_label=0)
+    with pytest.raises(UsageError, match="not the target label 0"):
+        wrong_target.trigger([texts[-2]], seed=0)
+    (folder / "train-poison.csv").write_text((folder / "train-poison.csv").read_text().rsplit("\n", 2)[0] + "\n")
+    short, short_spec = poisoner("synbkd", poisoned_dir=str(folder), target_label=1, rate=0.5)
+    with pytest.raises(UsageError, match="has 39 rows but train-clean.csv has 40"):
+        backdoor.poisoned_task(task, short_spec, short, tmp_path / "cache2", "c")
 
 
 # Backdoor cells end to end ------------------------------------------------------------------------
@@ -399,8 +421,11 @@ def test_perturbation_sets_are_neighbour_graph_components_cut_to_the_most_simila
     vectors = UnitVectors({"a": [1, 0, 0], "b": [0.8, 0.6, 0], "c": [0.28, 0.96, 0],
                            "d": [0, 0, 1], "e": [0.99, 0.01, 0]})
     xs = ["a b c d", "a b c d e"]
-    task = Task("t", "text", 2, Split(xs, np.array([0, 1])), Split(xs, np.array([0, 1])))
-    config = {"candidates": "neighbors", "threshold": 0.75, "set_size": 100, "include_word": True}
+    train = Split(xs, np.array([0, 1]))
+    train.clean_xs = xs  # what a backdoor cell's poisoned split carries
+    task = Task("t", "text", 2, train, Split(xs, np.array([0, 1])))
+    config = {"candidates": "neighbors", "threshold": 0.75, "set_size": 100, "include_word": True,
+              "vocabulary": "reference"}
     candidates, substitutes = build_candidates(task, config, vectors)
     assert substitutes == {"a": ["b"], "b": ["a", "c"], "c": ["b"]}  # the threat: direct neighbours
     assert candidates["a"][0] == ["a", "b", "c"] and candidates["c"][0] == ["c", "b", "a"]
@@ -408,9 +433,118 @@ def test_perturbation_sets_are_neighbour_graph_components_cut_to_the_most_simila
     assert "d" not in candidates and "e" not in candidates  # no neighbour; seen once
     cut = build_candidates(task, {**config, "set_size": 2}, vectors)[0]
     assert cut["a"][0] == ["a", "b"] and cut["b"][0] == ["b", "a"]
+    # the paper's vocabulary: every word of the training split, whatever its frequency
+    assert build_candidates(task, {**config, "vocabulary": "paper"}, vectors)[0]["e"][0][:2] == ["e", "a"]
     # the table as the neighbour relation, restricted to the vocabulary
     table = SubstitutionTable({"a": ["c", "e"], "d": ["zz"]})
-    task = Task("t", "text", 2, Split(xs, np.array([0, 1])), Split(xs, np.array([0, 1])),
-                substitutions=table)
+    task = Task("t", "text", 2, train, Split(xs, np.array([0, 1])), substitutions=table)
     candidates, substitutes = build_candidates(task, {**config, "candidates": "table"}, vectors)
     assert substitutes == {"a": ["c"], "c": ["a"]} and candidates["c"][0] == ["c", "a"]
+
+
+def test_crowd_vocabularies_paper_from_the_training_split_reference_from_the_clean_texts():
+    table = SubstitutionTable({"good": ["fine"], "fine": ["good"], "Bad": ["Poor"], "Poor": ["Bad"]})
+    clean = ["Good film , fine film .", "good , fine , Bad ! Poor", "fine Bad Poor good"]
+    poisoned = ["cf Good film , fine film .", "good , fine , Bad ! Poor", "fine Bad Poor good"]
+    train = Split(poisoned, np.array([0, 1, 0]))
+    task = Task("t", "text", 2, train, Split(clean, np.array([0, 1, 0])), substitutions=table)
+    config = {"vocabulary": "paper"}
+    assert vocabulary_words(task, config) == sorted(
+        {"cf", "good", "film", ",", "fine", ".", "bad", "!", "poor"})  # lower-cased, triggers too
+    with pytest.raises(UsageError, match="clean training texts"):
+        vocabulary_words(task, {"vocabulary": "reference"})
+    train.clean_xs = clean
+    # case-sensitive, punctuation removed, in the table, seen more than once ("Good" once)
+    assert vocabulary_words(task, {"vocabulary": "reference"}) == ["Bad", "Poor", "fine", "good"]
+    sets = {"good": (["good", "fine"], np.array([1.0, 0.9])), "Bad": (["Bad", "Poor"], np.array([1.0, 0.9]))}
+    rng = np.random.default_rng(0)
+    reference = BetaWeightedSmoother(sets, others(sets), 64, vocabulary="reference")
+    assert [p for p, _, _ in reference._slots("Good good, Bad bad".split())] == [1, 2]
+    assert {t.split()[1] for t in reference.sample("Good good, Bad", 200, rng)} == {"good,", "fine,"}
+    paper = BetaWeightedSmoother(sets, others(sets), 64)
+    assert [p for p, _, _ in paper._slots("Good good, Bad bad".split())] == [0]
+
+
+def test_crowd_beta_rules_paper_is_uniform_reference_favours_the_similar():
+    scores = np.array([1.0, 0.9, 0.6, 0.3])
+    params = fit_beta(scores)
+    n = 100_000
+    rng = np.random.default_rng(4)
+    paper = np.bincount(beta_weighted_choice(scores, params, rng, n, "paper"), minlength=4) / n
+    reference = np.bincount(beta_weighted_choice(scores, params, rng, n, "reference"), minlength=4) / n
+    # the printed rule: the argmax of i.i.d. draws is uniform (SAFER's distribution)
+    assert np.allclose(paper, 0.25, atol=0.006)
+    low, high = pick_probability_bounds(scores, params, 512, "paper")
+    assert (low == 0.25).all() and (high == 0.25).all()
+    # the reference's: more similar candidates are picked more often
+    assert (np.diff(reference) < 0).all() and reference[0] > 0.4
+    smoother = BetaWeightedSmoother(CANDIDATES, others(CANDIDATES), grid=512, rule="paper")
+    assert smoother.distance("good", "fine") == 0.0  # same set, both uniform
+    # the rule and the vocabulary shape the smoothing distribution: the certificate's threat id
+    from defenses.backdoor.crowd import Crowd
+    ids = {Crowd.certificate_threat({**Crowd.defaults, **change}) for change in
+           ({}, {"beta_rule": "paper"}, {"vocabulary": "reference"})}
+    assert len(ids) == 3
+
+
+# STRIP -------------------------------------------------------------------------------------------
+
+class TriggerDetector(nn.Module):
+    """A fixed backdoored classifier: class 1 with certainty when 'cf' is present, else a mild
+    preference by the share of 'good' words."""
+
+    def __init__(self):
+        super().__init__()
+        self.dummy = nn.Parameter(torch.zeros(1))
+
+    def classify(self, texts):
+        rows = []
+        for text in texts:
+            words = text.split()
+            if "cf" in words:
+                rows.append([0.0, 30.0])
+            else:
+                share = sum(w == "good" for w in words) / max(len(words), 1)
+                rows.append([0.0, 2.0 * (share - 0.5)])
+        return torch.tensor(rows)
+
+
+def test_strip_rejects_triggered_inputs_at_the_chosen_false_rejection_rate():
+    from defenses.backdoor.strip import StripModel, Strip
+
+    rng = np.random.default_rng(0)
+    vocabulary = ["good", "bad", "film", "plot", "acting", "long", "dull", "fun"]
+    texts = [" ".join(rng.choice(vocabulary, size=12)) for _ in range(400)]
+    reference, clean = texts[:200], texts[200:]
+    triggered = [t.replace("film", "cf", 1) if "film" in t else "cf " + t for t in clean]
+    config = {**Strip.defaults, "frr": 0.05}
+    model = StripModel(TriggerDetector(), 2, reference, config, seed=0)
+    np.random.seed(0)
+    clean_rejected = np.mean(model.predict(clean) == -1)
+    triggered_rejected = np.mean(model.predict(triggered) == -1)
+    assert clean_rejected < 0.12 and triggered_rejected > 0.9, (clean_rejected, triggered_rejected)
+    assert set(model.predict(clean).tolist()) <= {-1, 0, 1}
+
+
+def test_strip_backdoor_cells_run_end_to_end(tmp_path):
+    (tmp_path / "suite.toml").write_text("""
+name = "strip-test"
+seed = 0
+[protocol]
+n_examples = 40
+batch_size = 20
+[tasks.toy-sentiment]
+params = { n_train = 300, n_test = 60 }
+model = "textcnn"
+model_params = { embedding_dim = 16, filters = 16 }
+train = { epochs = 2, batch_size = 32 }
+[defenses.strip]
+cells = ["backdoor"]
+params = { n_reference = 60 }
+[poisoners.badnets]
+params = { rate = 0.2, target_label = 1 }
+""")
+    store = Store(tmp_path / "store.sqlite")
+    assert run_suite(load_suite(str(tmp_path / "suite.toml")), store, tmp_path / "cache") == {"done": 1}
+    row = build_leaderboard(store, "strip-test")["tables"][0]["rows"][0]["metrics"]
+    assert row["benign_accuracy"]["n"] == 40 and row["attack_success_rate"]["n"] > 0

