@@ -28,16 +28,19 @@ def command_run(args) -> int:
 
     suite = load_suite(args.suite, args.data_root)
     load_tasks(suite)
+    if args.executor != "ray" and (args.address or args.num_cpus):
+        raise UsageError("--address and --num-cpus are for --executor ray")
     store = Store(args.store or default_store_path(suite.name))
     cache = Path(args.cache) if args.cache else None
-    if args.executor == "ray":
-        from benchmark.ray_executor import run_suite_ray
+    try:
+        if args.executor == "ray":
+            from benchmark.ray_executor import run_suite_ray
 
-        counts = run_suite_ray(suite, store, cache, args.address, args.num_cpus)
-    else:
-        if args.address or args.num_cpus:
-            raise UsageError("--address and --num-cpus are for --executor ray")
-        counts = run_suite(suite, store, cache)
+            counts = run_suite_ray(suite, store, cache, args.address, args.num_cpus)
+        else:
+            counts = run_suite(suite, store, cache)
+    finally:
+        store.close()  # the last connection's close folds the write-ahead log into the file
     print(f"suite {suite.name}: {len(suite.cells)} cells, " +
           ", ".join(f"{n} {status}" for status, n in sorted(counts.items())) + f"; store {store.path}")
     return 1 if counts.get("failed") else 0

@@ -449,6 +449,12 @@ def shared_tmp():
 
 
 def test_a_read_only_store_is_refused_untouched_and_still_readable(shared_tmp, monkeypatch, capsys):
+    # The commands import these lazily; import them as root, since the interpreter's own library
+    # may live where the unprivileged user cannot read (a pyenv under /root).
+    import benchmark.leaderboard  # noqa: F401
+    import benchmark.reproduction  # noqa: F401
+    import benchmark.submit  # noqa: F401
+
     monkeypatch.setenv("RBENCH_CACHE", str(shared_tmp / "cache"))
     suite = shared_tmp / "suite.toml"
     suite.write_text(DIGITS)

@@ -354,10 +354,10 @@ def test_the_ci_recipe_runs_as_written(capsys):
     for variable, value in files.items():
         command = command.replace(f'"{variable}"', value)
     args = build_parser().parse_args(shlex.split(command)[1:])
-    assert (args.suite, args.command_plugins, args.baseline, args.summary, args.junit) == (
+    assert (args.suite, args.subcommand_plugins, args.baseline, args.summary, args.junit) == (
         "examples/ci/my-gate.toml", ["examples/my_defense.py"], "examples/ci/baseline.json",
         "summary.md", "rbench-regress.xml")
-    load_plugin_file(REPO_ROOT / args.command_plugins[0])
+    load_plugin_file(REPO_ROOT / args.subcommand_plugins[0])
     suite = load_suite(str(REPO_ROOT / args.suite))
     assert {cell.defense.name for cell in suite.cells} == {"gaussian-augment", "vanilla"}
     assert read_baseline(REPO_ROOT / args.baseline, suite)["defenses"]["gaussian-augment"][
