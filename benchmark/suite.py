@@ -169,7 +169,8 @@ def _table(raw: dict, key: str, where: str) -> dict:
 def load_suite(name_or_path: str, data_root: str | Path | None = None,
                defenses: dict | None = None) -> Suite:
     """Load and validate a suite. `defenses`, when given, replaces the file's [defenses] table (a
-    submission runs the suite's tasks, attacks and protocol for its own defense only)."""
+    submission runs the suite's tasks, attacks and protocol for its own defense only, on every
+    compatible task: the tasks' own `defenses` lists name the file's defenses)."""
     path = resolve_suite_path(name_or_path)
     content = path.read_bytes()
     try:
@@ -193,7 +194,8 @@ def load_suite(name_or_path: str, data_root: str | Path | None = None,
     _protocol(base_protocol, {}, f"{where}, [protocol]")  # its errors are reported where they are
     base_resources = _resources(RESOURCE_DEFAULTS, _table(raw, "resources", where), where)
     tasks = _table(raw, "tasks", where)
-    defenses = _table(raw, "defenses", where) if defenses is None else defenses
+    file_defenses = _table(raw, "defenses", where)
+    defenses = file_defenses if defenses is None else defenses
     attacks = _table(raw, "attacks", where)
     poisoners = _table(raw, "poisoners", where)
     for section, entries in (("tasks", tasks), ("defenses", defenses)):
@@ -237,7 +239,11 @@ def load_suite(name_or_path: str, data_root: str | Path | None = None,
         suite.resources[task_label] = _resources(base_resources,
                                                  _table(task_raw, "resources", task_where), task_where)
 
-        only_defenses = _task_selection(task_raw, "defenses", defenses, task_where)
+        # A task's `defenses` list names the file's defenses; a submitted defense (which replaces
+        # them) runs on every compatible task.
+        only_defenses = _task_selection(task_raw, "defenses", file_defenses, task_where)
+        if defenses is not file_defenses:
+            only_defenses = set(defenses)
         only_attacks = _task_selection(task_raw, "attacks", attacks, task_where)
         for defense_label, defense_raw in defenses.items():
             if defense_label not in only_defenses:

@@ -172,6 +172,10 @@ def test_a_task_runs_only_the_defenses_and_attacks_it_lists(tmp_path):
     cells = {(c.task_label, c.defense_label, c.attack_label) for c in load_suite(str(suite_file)).cells}
     assert cells == {("digits", "vanilla", None), ("digits", "vanilla", "fgsm"),
                      ("digits", "madry", None), ("digits", "madry", "fgsm"), ("few", "madry", None)}
+    # A submission replaces the file's defenses: its defense runs on every compatible task.
+    submitted = load_suite(str(suite_file), defenses={"entry": {"defense": "vanilla"}})
+    assert {(c.task_label, c.defense_label, c.attack_label) for c in submitted.cells} == {
+        ("digits", "entry", None), ("digits", "entry", "fgsm"), ("few", "entry", None)}
 
 
 @pytest.mark.parametrize("case, content, message, hint", BAD_SUITES, ids=[c[0] for c in BAD_SUITES])
