@@ -430,7 +430,8 @@ def format_report(summaries: list[dict], config: dict) -> str:
     for s in summaries:
         rows.append((s["task"], s["defense"], s["unit"], str(s["checked"]), str(s["falsified"]),
                      "n/a" if s["upper"] is None else f"{100 * s['upper']:.1f}",
-                     f"{100 * s['allowed']:.1f}", "BROKEN" if s["broken"] else "holds",
+                     f"{100 * s['allowed']:.1f}",
+                     "BROKEN" if s["broken"] else "holds" if s["checked"] else "nothing certified",
                      f"{s['seconds']:.0f}"))
     widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
     lines += ["  ".join(v.ljust(w) for v, w in zip(r, widths)).rstrip() for r in rows]

@@ -132,7 +132,6 @@ def backdoor_metrics(outcomes: list[dict]) -> dict:
 
 
 def _mean(values: np.ndarray) -> dict:
-    # The sample standard deviation lets `rbench regress` test a change of the mean (Welch's t).
     return {"value": float(values.mean()) if len(values) else None, "n": int(len(values)),
             "sd": float(values.std(ddof=1)) if len(values) > 1 else None}
 
@@ -173,6 +172,8 @@ def audit_entry(store: Store, cell_id: str) -> dict | None:
 def format_audit(audit: dict | None) -> str:
     if audit is None:
         return "not audited"
+    if not audit["checked"]:
+        return "nothing certified to check"
     bound = "n/a" if audit["upper"] is None else f"<= {100 * audit['upper']:.1f}%"
     verdict = "**BROKEN**, " if audit["broken"] else ""
     return (f"{verdict}{audit['falsified']} of {audit['checked']} falsified ({bound}; "
