@@ -190,7 +190,10 @@ def submit(plugin: str | Path, suite_ref: str, entry_name: str, out_dir: Path | 
         run_suite(suite, store, cache_dir, sandbox=sandbox)
     finally:
         sandbox.close()
-    failed = [r for r in store.cells(suite.name) if r.status in ("failed", "not_run")]
+    # A cell the suite cannot run here, or whose attack does not apply to this defense (an EOT
+    # attack on a deterministic one), is "not run" with its reason, as for the suite's own rows;
+    # a failed cell stops the submission.
+    failed = [r for r in store.cells(suite.name) if r.status == "failed"]
     if failed:
         reasons = "\n".join(f"  - {r.task} / {r.defense} / {r.attack or 'clean'}: {r.reason}"
                             for r in failed)
@@ -201,7 +204,9 @@ def submit(plugin: str | Path, suite_ref: str, entry_name: str, out_dir: Path | 
                          f"(finished cells are kept in {store.path}).")
     cell_ids = {cell.id for cell in suite.cells}
     board = build_leaderboard(store, suite.name, cell_ids=cell_ids)
-    results = {"tables": board["tables"],
+    not_run = [{"cell_id": r.cell_id, "task": r.task, "attack": r.attack, "reason": r.reason}
+               for r in store.cells(suite.name) if r.status == "not_run" and r.cell_id in cell_ids]
+    results = {"tables": board["tables"], "not_run": not_run,
                "outcome_hashes": {cell_id: [outcome_hash(o) for o in store.outcomes(cell_id)]
                                   for cell_id in sorted(cell_ids)}}
     submission = {
@@ -355,6 +360,23 @@ def verify(path: Path, examples: int | None = None, seed: int = 0, plugin_file: 
     return not problems, "\n".join(lines)
 
 
+def _still_not_run(cell, task, reason: str, cache_dir: Path, sandbox: Sandbox) -> list[str]:
+    """A cell submitted as not run must still raise NotRun on its first batch, with that reason."""
+    from benchmark.errors import NotRun
+    from benchmark.evaluate import cell_batches, defended_model, make_attack, prepare_attack, run_batch
+
+    try:
+        defended = defended_model(cell, task, cache_dir, None, sandbox)
+        attack = make_attack(cell) if cell.attack is not None else None
+        if attack is not None:
+            prepare_attack(attack, cell, task, cache_dir)
+        run_batch(cell, defended, attack, task, cell_batches(cell, task), 0)
+    except NotRun as error:
+        return [] if str(error) == reason else [f"{cell.describe()}: submitted as not run "
+                                                 f"({reason}), now not run because {error}"]
+    return [f"{cell.describe()}: submitted as not run ({reason}), but it runs"]
+
+
 def _rerun(submission: dict, suite, entry, examples: int | None, seed: int,
            cache_dir: Path | None, sandbox: Sandbox) -> tuple[list[list[str]], list[str]]:
     """Re-run the chosen batches of every cell; returns the report's table and the problems."""
@@ -369,9 +391,16 @@ def _rerun(submission: dict, suite, entry, examples: int | None, seed: int,
     rows = {row["cell_id"]: (table, row) for table in submission["results"]["tables"]
             for row in table["rows"]}
     hashes = submission["results"].get("outcome_hashes", {})
+    not_run = {entry["cell_id"]: entry["reason"] for entry in submission["results"].get("not_run", [])}
     report, problems = [], []
     for cell in suite.cells:
         where = cell.describe()
+        if cell.id in not_run:  # it must still not run, for the reason given
+            found = _still_not_run(cell, tasks[cell.task_label], not_run[cell.id], cache_dir, sandbox)
+            problems += found
+            report.append([cell.task_label, cell.attack_label, 0, "-", "not run",
+                           "DISAGREES" if found else "ok"])
+            continue
         if cell.id not in rows or cell.id not in hashes:
             problems.append(f"{where}: the submission has no results for this cell")
             continue

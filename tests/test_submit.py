@@ -308,3 +308,23 @@ def test_verify_reruns_backdoor_cells_through_the_backdoor_path(env, tmp_path):
                             suite_file=suite)
     assert not passed and "badnets: 1 of 40 re-run examples have another outcome" in report
     assert "submitted metrics differ from the re-run's: benign_accuracy" in report
+
+
+def test_a_cell_whose_attack_does_not_apply_is_submitted_as_not_run_and_verified(env, tmp_path):
+    """AutoAttack's rand version does not apply to a deterministic defense: the submission is
+    written with that cell not run and its reason, verify checks it still does not run, and an
+    edited reason (its hash recomputed) is refused."""
+    env.write_text(SUITE + '[attacks.autoattack-rand]\nattack = "autoattack"\n'
+                   'params = { version = "rand", eps = 0.1 }\n')
+    assert main(["submit", str(EXAMPLE), "--suite", str(env), "--name", "noise"]) == 0
+    path = tmp_path / "leaderboards" / "submit-test" / "submissions" / "noise.json"
+    entry = json.loads(path.read_text())
+    [skipped] = entry["results"]["not_run"]
+    assert skipped["attack"] == "autoattack-rand" and "deterministic" in skipped["reason"]
+    passed, report = verify(path, suite_file=env)
+    assert passed, report
+    skipped["reason"] = "needs a GPU"
+    entry["results_sha256"] = results_hash(entry["results"])
+    path.write_text(json.dumps(entry))
+    passed, report = verify(path, suite_file=env)
+    assert not passed and "submitted as not run (needs a GPU), now not run because" in report
