@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 
 from benchmark.cli import main
+from benchmark.paths import REPO_ROOT
 
 DIGITS = """
 [protocol]
@@ -448,14 +449,11 @@ def shared_tmp():
     shutil.rmtree(folder)
 
 
-def test_a_read_only_store_is_refused_untouched_and_still_readable(shared_tmp, monkeypatch, capsys):
-    # The commands import these lazily; import them as root, since the interpreter's own library
-    # may live where the unprivileged user cannot read (a pyenv under /root).
-    import benchmark.leaderboard  # noqa: F401
-    import benchmark.reproduction  # noqa: F401
-    import benchmark.submit  # noqa: F401
-
+def _read_only_store(shared_tmp, monkeypatch):
+    """A finished store of the DIGITS suite, made read-only, in a folder anyone may enter."""
     monkeypatch.setenv("RBENCH_CACHE", str(shared_tmp / "cache"))
+    # the suite's leaderboard folder too, which the checkout (perhaps private to root) would hold
+    monkeypatch.setenv("RBENCH_LEADERBOARDS", str(shared_tmp / "leaderboards"))
     suite = shared_tmp / "suite.toml"
     suite.write_text(DIGITS)
     store = shared_tmp / "store.sqlite"
@@ -463,6 +461,11 @@ def test_a_read_only_store_is_refused_untouched_and_still_readable(shared_tmp, m
     for leftover in shared_tmp.glob("store.sqlite-*"):
         leftover.unlink()
     store.chmod(0o444)
+    return suite, store
+
+
+def test_a_read_only_store_is_refused_untouched(shared_tmp, monkeypatch, capsys):
+    suite, store = _read_only_store(shared_tmp, monkeypatch)
     locked = shared_tmp / "locked"
     locked.mkdir(mode=0o555)
     capsys.readouterr()
@@ -471,15 +474,32 @@ def test_a_read_only_store_is_refused_untouched_and_still_readable(shared_tmp, m
         file_message = capsys.readouterr().err
         read_only_folder = main(["run", str(suite), "--store", str(locked / "new" / "store.sqlite")])
         folder_message = capsys.readouterr().err
-        board = main(["leaderboard", str(suite), "--store", str(store), "--out",
-                      str(shared_tmp / "board")])
     assert read_only_file == 2 and "Traceback" not in file_message
     assert f"results store {store}: its file {store} is read-only" in file_message
     assert f"chmod u+w {store}" in file_message and "pass another --store path" in file_message
     assert read_only_folder == 2 and f"its folder {locked} is read-only" in folder_message
-    assert board == 0 and (shared_tmp / "board" / "leaderboard.json").is_file()
     assert sorted(p.name for p in shared_tmp.glob("store.sqlite*")) == ["store.sqlite"]  # no -wal, -shm
     assert not any(locked.iterdir())
+
+
+def test_a_read_only_store_still_gives_its_leaderboard(shared_tmp, monkeypatch):
+    """`rbench leaderboard` reads a store its user may not write, leaving no -wal / -shm files.
+    The command reads the checkout (templates, claims), so the unprivileged user must be able to."""
+    with unprivileged():
+        readable = os.access(REPO_ROOT / "benchmark" / "claims", os.R_OK | os.X_OK,
+                             effective_ids=True)
+    if not readable:
+        pytest.skip(f"the checkout {REPO_ROOT} is not readable by an unprivileged user")
+    suite, store = _read_only_store(shared_tmp, monkeypatch)
+    # imported as root: the interpreter's own library may be private to root
+    import benchmark.reproduction  # noqa: F401
+    import benchmark.submit  # noqa: F401
+
+    with unprivileged():
+        board = main(["leaderboard", str(suite), "--store", str(store), "--out",
+                      str(shared_tmp / "board")])
+    assert board == 0 and (shared_tmp / "board" / "leaderboard.json").is_file()
+    assert sorted(p.name for p in shared_tmp.glob("store.sqlite*")) == ["store.sqlite"]  # no -wal, -shm
 
 
 def test_the_table_covers_every_kind_of_input():
