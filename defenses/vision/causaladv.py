@@ -218,6 +218,16 @@ class CausalAdvTrainer:
     def __call__(self, model, x, y):
         return self.paper_loss(model, x, y) if self.paper else self.reference_loss(model, x, y)
 
+    def natural_and_adversarial(self, model, x, y):
+        """h's logits and the style of x and of its training-attack example x_adv, after updating
+        the style basis with this batch."""
+        features = model.features(x)
+        basis = self.basis.update(features.detach(), model.head.weight.detach())
+        x_adv = self.adversarial(model, x, y, basis)
+        features_adv = model.features(x_adv)
+        return (model.head(features), model.head(features_adv), style(features, basis),
+                style(features_adv, basis))
+
     def paper_loss(self, model, x, y):
         """Eq. 11, minimised jointly over h and g. fit's optimizer holds h's parameters only, so g's
         optimizer steps here on the gradient the previous batch's loss left in g: the same joint
@@ -225,13 +235,7 @@ class CausalAdvTrainer:
         if any(p.grad is not None for p in self.g.parameters()):
             self.g_optimizer.step()
         self.g_optimizer.zero_grad()
-        features = model.features(x)
-        logits = model.head(features)
-        basis = self.basis.update(features.detach(), model.head.weight.detach())
-        x_adv = self.adversarial(model, x, y, basis)
-        features_adv = model.features(x_adv)
-        logits_adv = model.head(features_adv)
-        s, s_adv = style(features, basis), style(features_adv, basis)
+        logits, logits_adv, s, s_adv = self.natural_and_adversarial(model, x, y)
         self.g.train()
         style_nat = self.g(s, y, self.ratio, update_covariance=True)
         style_adv = self.g(s_adv, y, self.ratio)
@@ -240,13 +244,7 @@ class CausalAdvTrainer:
         return self.content_loss(logits_adv, logits, y) + self.lam * loss_style
 
     def reference_loss(self, model, x, y):
-        features = model.features(x)
-        logits = model.head(features)
-        basis = self.basis.update(features.detach(), model.head.weight.detach())
-        x_adv = self.adversarial(model, x, y, basis)
-        features_adv = model.features(x_adv)
-        logits_adv = model.head(features_adv)
-        s, s_adv = style(features, basis), style(features_adv, basis)
+        logits, logits_adv, s, s_adv = self.natural_and_adversarial(model, x, y)
 
         # g: fit the spurious correlation between Y and the natural style.
         self.g.train()
