@@ -39,11 +39,35 @@ def command_run(args) -> int:
             counts = run_suite_ray(suite, store, cache, args.address, args.num_cpus)
         else:
             counts = run_suite(suite, store, cache)
+        print_time_spent(store.cell_seconds(suite.name))
     finally:
         store.close()  # the last connection's close folds the write-ahead log into the file
     print(f"suite {suite.name}: {len(suite.cells)} cells, " +
           ", ".join(f"{n} {status}" for status, n in sorted(counts.items())) + f"; store {store.path}")
     return 1 if counts.get("failed") else 0
+
+
+def print_time_spent(cells: list[dict], slowest: int = 10) -> None:
+    """Where the store's recorded time went: totals by defense and attack, and the slowest cells
+    (build: training on a cache miss, else loading; batches: evaluation)."""
+    from tabulate import tabulate
+
+    if not cells:
+        return
+    build = sum(cell["build"] for cell in cells)
+    batches = sum(cell["batches"] for cell in cells)
+    print(f"\ntime recorded in the store: {build + batches:.0f} s over {len(cells)} cells "
+          f"(model builds {build:.0f} s, batches {batches:.0f} s)")
+    for part in ("defense", "attack"):
+        totals: dict[str, float] = {}
+        for cell in cells:
+            name = cell[part] or "clean"
+            totals[name] = totals.get(name, 0.0) + cell["build"] + cell["batches"]
+        ranked = sorted(totals.items(), key=lambda item: -item[1])
+        print(f"by {part}: " + ", ".join(f"{name} {seconds:.0f} s" for name, seconds in ranked))
+    print(tabulate([[c["task"], c["defense"], c["attack"] or "clean", f"{c['build']:.1f}",
+                     f"{c['batches']:.1f}"] for c in cells[:slowest]],
+                   headers=["task", "defense", "attack", "build s", "batches s"]))
 
 
 def command_leaderboard(args) -> int:

@@ -9,6 +9,7 @@ import platform
 import re
 import subprocess
 import sys
+import time
 import traceback
 from collections import OrderedDict
 from importlib import metadata
@@ -278,12 +279,15 @@ def run_cell(cell: Cell, suite_name: str, store: Store, task, cache_dir: Path,
         return run_backdoor_cell(cell, suite_name, store, task, cache_dir, device, sandbox)
     attack, batches, todo = open_cell(cell, suite_name, store, task)
     if todo:
+        started = time.perf_counter()
         defended = defended_model(cell, task, cache_dir, device, sandbox)
         if attack is not None:
             prepare_attack(attack, cell, task, cache_dir, device)
+        store.add_build_seconds(cell.id, time.perf_counter() - started)
         for batch_index in tqdm(todo, desc=cell.describe(), leave=False):
-            store.write_batch(cell.id, batch_index,
-                              run_batch(cell, defended, attack, task, batches, batch_index))
+            started = time.perf_counter()
+            rows = run_batch(cell, defended, attack, task, batches, batch_index)
+            store.write_batch(cell.id, batch_index, rows, time.perf_counter() - started)
     store.finish_cell(cell.id)
     return "done"
 
@@ -421,20 +425,34 @@ def open_backdoor_cell(cell: Cell, suite_name: str, store: Store, task):
     return poisoner, batches, [b for b in range(len(batches)) if b not in done]
 
 
-def backdoor_batch_rows(cell: Cell, poisoner, task, batches: list[np.ndarray], todo: list[int],
-                        cache_dir: Path, device: torch.device | None = None, sandbox=None):
-    """Poison the training split (cached, shared by every defense), build the defense on it, then
-    yield (batch index, rows) for each batch in `todo`: its test examples clean and triggered."""
+def build_backdoor(cell: Cell, poisoner, task, batches: list[np.ndarray], cache_dir: Path,
+                   device: torch.device | None = None, sandbox=None):
+    """Poison the training split (cached, shared by every defense) and build the defense on it;
+    returns the defended model and the triggered forms of the cell's test examples."""
     code = source_hash(*[c for c in type(poisoner).__mro__ if c is not object], backdoor.poison_split)
     poisoned = backdoor.poisoned_task(task, cell.poison, poisoner, cache_dir, code)
     triggered = backdoor.triggered_test(task, cell.poison, poisoner, np.concatenate(batches),
                                         cache_dir, code)
-    defended = defended_model(cell, poisoned, cache_dir, device, sandbox)
+    return defended_model(cell, poisoned, cache_dir, device, sandbox), triggered
+
+
+def backdoor_batch(cell: Cell, defended, task, batches: list[np.ndarray], triggered: dict,
+                   batch_index: int) -> list[dict]:
+    """One batch of a backdoor cell: its test examples clean and triggered."""
+    batch = batches[batch_index]
+    return evaluate_backdoor_batch(cell, defended, task.test.inputs(batch), task.test.ys[batch],
+                                   batch, triggered,
+                                   batch_seed(cell.protocol.seed, cell.id, batch_index),
+                                   task.num_classes)
+
+
+def backdoor_batch_rows(cell: Cell, poisoner, task, batches: list[np.ndarray], todo: list[int],
+                        cache_dir: Path, device: torch.device | None = None, sandbox=None):
+    """Build the cell's defense on the poisoned split, then yield (batch index, rows) for each
+    batch in `todo`."""
+    defended, triggered = build_backdoor(cell, poisoner, task, batches, cache_dir, device, sandbox)
     for batch_index in tqdm(todo, desc=cell.describe(), leave=False):
-        batch = batches[batch_index]
-        yield batch_index, evaluate_backdoor_batch(
-            cell, defended, task.test.inputs(batch), task.test.ys[batch], batch, triggered,
-            batch_seed(cell.protocol.seed, cell.id, batch_index), task.num_classes)
+        yield batch_index, backdoor_batch(cell, defended, task, batches, triggered, batch_index)
 
 
 def run_backdoor_cell(cell: Cell, suite_name: str, store: Store, task, cache_dir: Path,
@@ -442,8 +460,13 @@ def run_backdoor_cell(cell: Cell, suite_name: str, store: Store, task, cache_dir
     """A backdoor cell, resuming after its last finished batch."""
     poisoner, batches, todo = open_backdoor_cell(cell, suite_name, store, task)
     if todo:
-        for batch_index, rows in backdoor_batch_rows(cell, poisoner, task, batches, todo,
-                                                     cache_dir, device, sandbox):
-            store.write_batch(cell.id, batch_index, rows)
+        started = time.perf_counter()
+        defended, triggered = build_backdoor(cell, poisoner, task, batches, cache_dir, device,
+                                             sandbox)
+        store.add_build_seconds(cell.id, time.perf_counter() - started)
+        for batch_index in tqdm(todo, desc=cell.describe(), leave=False):
+            started = time.perf_counter()
+            rows = backdoor_batch(cell, defended, task, batches, triggered, batch_index)
+            store.write_batch(cell.id, batch_index, rows, time.perf_counter() - started)
     store.finish_cell(cell.id)
     return "done"

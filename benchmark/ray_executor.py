@@ -33,6 +33,7 @@ from __future__ import annotations
 import os
 import sys
 import tempfile
+import time
 import traceback
 from collections import OrderedDict
 from pathlib import Path
@@ -163,9 +164,10 @@ def build_unit(cell, key: str, task_key: str, task_box: list, names: list[str],
     try:
         _setup(plugins, num_cpus)
         cache = _cache_dir(cache_dir)
+        started = time.perf_counter()
         _defended_model(cell, key, _task(task_key, task_box), cache, names, artifacts_box)
         return {"files": {name: path.read_bytes() for name, path in key_files(cache, key).items()
-                          if name not in names}}
+                          if name not in names}, "seconds": time.perf_counter() - started}
     except Exception as error:  # reported to the driver, which records the cell as failed
         return _failure(error)
 
@@ -183,7 +185,9 @@ def batch_unit(cell, key: str, task_key: str, task_box: list, names: list[str],
         attack = make_attack(cell) if cell.attack is not None else None
         if attack is not None:
             prepare_attack(attack, cell, task, _cache_dir(cache_dir))
-        return {"rows": run_batch(cell, defended, attack, task, cell_batches(cell, task), batch_index)}
+        started = time.perf_counter()
+        rows = run_batch(cell, defended, attack, task, cell_batches(cell, task), batch_index)
+        return {"rows": rows, "seconds": time.perf_counter() - started}
     except Exception as error:
         return _failure(error)
 
@@ -335,6 +339,7 @@ class _Run:
                         for cell in groups[name]:
                             self._fail(cell, result)
                         continue
+                    self.store.add_build_seconds(groups[name][0].id, result["seconds"])
                     if result["files"]:  # the build trained something: share it from here on
                         write_files(self.cache_dir, result["files"])
                         files = {n: p.read_bytes()
@@ -357,7 +362,7 @@ class _Run:
                 rows = result["batches"] if kind == "backdoor" else {batch_index: result["rows"]}
                 for index, batch_rows in rows.items():
                     progress.update(1)
-                    self.store.write_batch(cell.id, index, batch_rows)
+                    self.store.write_batch(cell.id, index, batch_rows, result.get("seconds"))
                     self.remaining[cell.id].discard(index)
                 if not self.remaining[cell.id] and cell.id not in self.stopped:
                     self.store.finish_cell(cell.id)

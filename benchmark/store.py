@@ -111,6 +111,23 @@ class CellRecord:
     reason: str | None
 
 
+# Where a run's time goes (`rbench run` prints it; added to older stores when they are opened): each
+# batch's compute seconds, committed with the batch, and each model build's seconds (training on
+# a cache miss, else loading), one row per build, so a resumed cell's builds add up.
+TIMING_SCHEMA = """
+CREATE TABLE IF NOT EXISTS batch_seconds (
+    cell_id TEXT NOT NULL REFERENCES cells(cell_id),
+    batch_index INTEGER NOT NULL,
+    seconds REAL NOT NULL,
+    PRIMARY KEY (cell_id, batch_index)
+);
+CREATE TABLE IF NOT EXISTS build_seconds (
+    cell_id TEXT NOT NULL REFERENCES cells(cell_id),
+    seconds REAL NOT NULL
+);
+"""
+
+
 class Store:
     """A results store; `read_only` (the leaderboard) opens an existing store without writing to
     it, so a store on a read-only file is read without leaving -wal or -shm files next to it."""
@@ -187,6 +204,7 @@ class Store:
         # or power loss can roll back the last batches, which a re-run then recomputes.
         self.db.execute("PRAGMA synchronous=NORMAL")
         self.db.executescript(AUDIT_SCHEMA)
+        self.db.executescript(TIMING_SCHEMA)
 
     def close(self) -> None:
         self.db.close()
@@ -244,12 +262,14 @@ class Store:
         rows = self.db.execute("SELECT batch_index FROM batches WHERE cell_id = ?", (cell_id,))
         return {row[0] for row in rows}
 
-    def write_batch(self, cell_id: str, batch_index: int, outcomes: list[dict]) -> bool:
-        """Write a batch's outcomes and its marker atomically: all of them or none. Returns False,
-        writing nothing, when another writer committed the batch first (two runs sharing a store
-        compute the same seeded outcomes, so the first copy stands)."""
+    def write_batch(self, cell_id: str, batch_index: int, outcomes: list[dict],
+                    seconds: float | None = None) -> bool:
+        """Write a batch's outcomes and its marker (with the `seconds` it took to compute, when
+        given) atomically: all of them or none. Returns False, writing nothing, when another writer
+        committed the batch first (two runs sharing a store compute the same seeded outcomes, so
+        the first copy stands)."""
         placeholders = ", ".join("?" for _ in range(len(OUTCOME_COLUMNS) + 2))
-        rows = [(cell_id, batch_index, *(_sql_value(o.get(c)) for c in OUTCOME_COLUMNS))
+        rows = [(cell_id, batch_index, *map(_sql_value, map(o.get, OUTCOME_COLUMNS)))
                 for o in outcomes]
         self.db.execute("BEGIN IMMEDIATE")
         try:
@@ -262,11 +282,30 @@ class Store:
                 f"VALUES ({placeholders})", rows)
             self.db.execute("INSERT INTO batches (cell_id, batch_index) VALUES (?, ?)",
                             (cell_id, batch_index))
+            if seconds is not None:
+                self.db.execute("INSERT INTO batch_seconds (cell_id, batch_index, seconds) "
+                                "VALUES (?, ?, ?)", (cell_id, batch_index, seconds))
             self.db.execute("COMMIT")
         except BaseException:
             self.db.execute("ROLLBACK")
             raise
         return True
+
+    def add_build_seconds(self, cell_id: str, seconds: float) -> None:
+        self.db.execute("INSERT INTO build_seconds (cell_id, seconds) VALUES (?, ?)",
+                        (cell_id, seconds))
+
+    def cell_seconds(self, suite: str) -> list[dict]:
+        """Each cell's recorded build and batch seconds (summed over the runs that did its work),
+        slowest first; cells with no recorded time are left out."""
+        rows = self.db.execute(
+            "SELECT c.task, c.model, c.defense, c.attack, c.status, "
+            "COALESCE((SELECT SUM(seconds) FROM build_seconds b WHERE b.cell_id = c.cell_id), 0) "
+            "AS build, "
+            "COALESCE((SELECT SUM(seconds) FROM batch_seconds t WHERE t.cell_id = c.cell_id), 0) "
+            "AS batches FROM cells c WHERE c.suite = ?", (suite,)).fetchall()
+        cells = [dict(row) for row in rows if row["build"] or row["batches"]]
+        return sorted(cells, key=lambda cell: -(cell["build"] + cell["batches"]))
 
     def outcomes(self, cell_id: str) -> list[dict]:
         rows = self.db.execute(
@@ -320,6 +359,8 @@ class Store:
 
 
 def _sql_value(value):
+    if value is None or type(value) in (int, float, str):  # most values, first
+        return value
     if isinstance(value, dict):
         return canonical_json(value) if value else None
     if hasattr(value, "item"):  # numpy scalars

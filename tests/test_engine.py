@@ -67,6 +67,23 @@ def test_rerun_reuses_store_and_cached_model(tiny_run, capsys):
     assert before == after
 
 
+def test_the_store_records_where_the_time_went(tiny_run, capsys):
+    store_path, _ = tiny_run
+    db = sqlite3.connect(store_path)
+    # every committed batch has its seconds; every cell that ran has a build (train or load)
+    assert db.execute("SELECT count(*) FROM batches").fetchone() == \
+        db.execute("SELECT count(*) FROM batch_seconds WHERE seconds > 0").fetchone()
+    assert db.execute("SELECT count(DISTINCT cell_id) FROM build_seconds").fetchone()[0] == 5
+    cells = Store(store_path).cell_seconds("tiny")
+    assert len(cells) == 5 and cells[0]["build"] + cells[0]["batches"] >= \
+        cells[-1]["build"] + cells[-1]["batches"]
+    # a finished suite run again does no work but still reports what the store recorded
+    assert main(["run", str(FIXTURES / "tiny.toml"), "--store", str(store_path)]) == 0
+    printed = capsys.readouterr().out
+    assert "time recorded in the store" in printed and "by defense: vanilla" in printed
+    assert "deepwordbug" in printed.split("by attack:")[1]
+
+
 def test_different_budgets_are_different_threat_models(tmp_path):
     from benchmark.suite import load_suite
 

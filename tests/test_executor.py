@@ -44,11 +44,11 @@ class StopAfter(Store):
         super().__init__(path)
         self.left = n
 
-    def write_batch(self, cell_id, batch_index, outcomes):
+    def write_batch(self, cell_id, batch_index, outcomes, seconds=None):
         if self.left == 0:
             raise KeyboardInterrupt
         self.left -= 1
-        super().write_batch(cell_id, batch_index, outcomes)
+        super().write_batch(cell_id, batch_index, outcomes, seconds)
 
 
 @pytest.fixture(scope="module")
