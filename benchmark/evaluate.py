@@ -92,9 +92,11 @@ def build_cache_key(cell: Cell, task) -> str:
     skip = set(getattr(defense, "inference_keys", ()))
     shaping = {"name": cell.defense.name,
                "params": {k: v for k, v in cell.defense.params.items() if k not in skip}}
+    replicate = {"train_seed": cell.train_seed} if cell.train_seed is not None else {}
     return content_hash({"task": cell.task.to_dict(), "data": task.checksums(),
                          "model": cell.model.to_dict(), "defense": shaping,
-                         "poison": cell.poison.to_dict() if cell.poison else None, "code": code})
+                         "poison": cell.poison.to_dict() if cell.poison else None, "code": code,
+                         **replicate})
 
 
 # Defended models this process built, least recently used first: the cells of one model (its clean
@@ -116,7 +118,7 @@ def build_defended(cell: Cell, task, cache_dir: Path, device: torch.device | Non
         _defended_models.move_to_end(kept)
         return _defended_models[kept]
     entry = DEFENSES.get(cell.defense.name)
-    context = BuildContext(cache_dir, key, cell.task.params.get("seed", 0), device)
+    context = BuildContext(cache_dir, key, cell.training_seed, device)
     set_seed(context.seed)
     defended = entry.obj().build(task, cell.model, cell.defense.params, context)
     check_defended(defended, entry, task)

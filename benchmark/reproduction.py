@@ -43,9 +43,10 @@ from benchmark.errors import UsageError
 from benchmark.files import write_json, write_text
 from benchmark.leaderboard import TEMPLATES, certified_robustness
 from benchmark.metrics import metric
-from benchmark.stats import lower_pvalue, median_interval, rate
+from benchmark.stats import (lower_pvalue, median_interval, paired_changes, paired_power, rate,
+                             stratified_sign_test, stratum_heterogeneity)
 from benchmark.store import Store
-from benchmark.suite import Suite
+from benchmark.suite import Suite, replicate_label
 
 ALPHA = 0.05
 CLAIMS_DIR = Path(__file__).parent / "claims"
@@ -55,9 +56,12 @@ CLAIM_METRICS = {"clean_accuracy": "clean_accuracy", "robust_accuracy": "robust_
                  "certified_accuracy": "certified_accuracy", "benign_accuracy": "benign_accuracy",
                  "attack_success_rate": "attack_success_rate", "certified_radius": "mcb"}
 CLAIM_KEYS = {"id", "paper", "statement", "paper_figure", "metric", "better", "worse", "margin",
-              "not_testable"}
+              "not_testable", "seeds", "paper_difference"}
 SIDE_KEYS = {"task", "defense", "attack"}
-VERDICTS = ("holds", "does not hold", "not testable here")
+VERDICTS = ("holds", "does not hold", "underpowered here", "not testable here")
+# A test that does not reject decides "does not hold" only if it had this power to detect the
+# paper's own difference (the customary 80%); below it the verdict is "underpowered here".
+POWER_NEEDED = 0.8
 
 
 @dataclass(frozen=True)
@@ -71,6 +75,8 @@ class Claim:
     worse: dict
     margin: float | None = None
     not_testable: str | None = None
+    seeds: tuple | None = None  # training seeds: each side is its suite row for each seed
+    paper_difference: float | None = None  # the paper's better-minus-worse rate, for the power
 
 
 def claims_path(suite_name: str) -> Path:
@@ -102,6 +108,16 @@ def load_claims(path: Path) -> list[Claim]:
                                  f"attack (the suite's labels), got {entry[side]!r}")
         if "margin" in entry and not 0 < entry["margin"] < 1:
             raise UsageError(f"{at}: margin must be a rate in (0, 1), got {entry['margin']!r}")
+        if "paper_difference" in entry and not 0 < entry["paper_difference"] < 1:
+            raise UsageError(f"{at}: paper_difference must be a rate in (0, 1) (the paper's "
+                             f"better-minus-worse figure), got {entry['paper_difference']!r}")
+        if "seeds" in entry:
+            seeds = entry["seeds"]
+            if not isinstance(seeds, list) or not seeds or len(set(seeds)) != len(seeds) or any(
+                    not isinstance(s, int) or isinstance(s, bool) or s < 0 for s in seeds):
+                raise UsageError(f"{at}: seeds must be a list of distinct non-negative training "
+                                 f"seeds, got {seeds!r}")
+            entry = {**entry, "seeds": tuple(seeds)}
         claims.append(Claim(**entry))
     if not claims:
         raise UsageError(f"{where}: no [[claim]] entries")
@@ -201,29 +217,118 @@ def _collapsed(outcomes: list[dict], vanilla: list[dict] | None) -> str | None:
     return f"collapsed: {' and '.join(reasons)}" if reasons else None
 
 
-def _find_cell(suite: Suite, side: dict):
+def _find_cell(suite: Suite, side: dict, seed: int | None = None):
+    """The suite's cell of a claim side: its row, or with `seed` the row of that training seed
+    (the defense entry's `seeds`: the task's own seed is the entry's label, another `label@seed<n>`)."""
     for cell in suite.cells:
-        if (cell.task_label, cell.defense_label, cell.attack_label) == \
-                (side["task"], side["defense"], side.get("attack")):
+        if (cell.task_label, cell.attack_label) != (side["task"], side.get("attack")):
+            continue
+        if seed is None and cell.defense_label == side["defense"]:
+            return cell
+        if seed is not None and cell.training_seed == seed and \
+                cell.defense_label == replicate_label(side["defense"], cell.train_seed):
             return cell
     return None
 
 
-def _sanity_flags(suite: Suite, store: Store, side: dict) -> list[str]:
-    """The failed sanity checks (benchmark/sanity.py) of an attacked side's defense on its task,
+def _sanity_flags(suite: Suite, store: Store, cell) -> list[str]:
+    """The failed sanity checks (benchmark/sanity.py) of an attacked side's defense row on its task,
     computed over the suite's current cells, as the leaderboard computes them."""
-    if not side.get("attack"):
+    if not cell.attack_label:
         return []
-    ids = {cell.id for cell in suite.cells
-           if (cell.task_label, cell.defense_label) == (side["task"], side["defense"])}
+    ids = {c.id for c in suite.cells
+           if (c.task_label, c.defense_label) == (cell.task_label, cell.defense_label)}
     runs = [sanity.run_from_cell(record.attack or "", record.spec, store.outcomes(record.cell_id))
             for record in store.cells(suite.name) if record.cell_id in ids and record.status == "done"]
     checks = sanity.run_checks([run for run in runs if run is not None])
     return [f"{check.name}: {check.detail}" for check in checks if check.status == "flag"]
 
 
-def _side_name(side: dict) -> str:
-    return f"{side['defense']} on {side['task']}" + (f", {side['attack']}" if side.get("attack") else "")
+def _side_name(side: dict, seed: int | None = None) -> str:
+    return (f"{side['defense']} on {side['task']}" + (f", {side['attack']}" if side.get("attack") else "")
+            + (f" (training seed {seed})" if seed is not None else ""))
+
+
+def _measure(claim: Claim, suite: Suite, store: Store, side: dict, seed: int | None,
+             problems: list[str]):
+    """(cell, per-example values) of one side for one training seed, or None with the reason
+    appended to `problems`; a degenerate classifier is measured and its reason appended too."""
+    name = _side_name(side, seed)
+    cell = _find_cell(suite, side, seed)
+    if cell is None:
+        problems.append(f"suite {suite.name} has no cell {name}")
+        return None
+    status = store.cell_status(cell.id)
+    if status != "done":
+        reason = next((r.reason for r in store.cells(suite.name) if r.cell_id == cell.id), None)
+        problems.append(f"{name}: " + (f"{status}: {reason}" if reason else
+                                       f"not run yet ({status or 'not started'})"))
+        return None
+    outcomes = store.outcomes(cell.id)
+    values = _per_example(claim.metric, outcomes)
+    if not values:
+        problems.append(f"{name} has no examples for {metric(CLAIM_METRICS[claim.metric]).label}")
+        return cell, values
+    vanilla = None
+    if side["defense"] != "vanilla":
+        reference = {"task": side["task"], "defense": "vanilla"}
+        # the vanilla model of the same training seed where the suite has one, else its own row
+        vanilla_cell = _find_cell(suite, reference, seed) or _find_cell(suite, reference)
+        if vanilla_cell is not None and store.cell_status(vanilla_cell.id) == "done":
+            vanilla = store.outcomes(vanilla_cell.id)
+    for degenerate in (_no_better_than_majority(outcomes), _collapsed(outcomes, vanilla)):
+        if degenerate:
+            problems.append(f"{name}: {degenerate}")
+    return cell, values
+
+
+def _wins_losses(claim: Claim, better: dict, worse: dict) -> tuple[int, int, int]:
+    """(examples where `better` beats `worse`, examples where it loses, examples both measured):
+    one training seed's discordant pairs in the paper's direction."""
+    down, up, shared = paired_changes(worse, better)
+    lower_is_better = metric(CLAIM_METRICS[claim.metric]).direction < 0
+    return (down, up, shared) if lower_is_better else (up, down, shared)
+
+
+def _power_note(claim: Claim, strata: list[tuple[int, int, int]]) -> tuple[float, str] | None:
+    """(power, its description) of the paired test to detect the paper's difference at our n, for
+    a rate claim that quotes one; None otherwise."""
+    if claim.paper_difference is None or claim.metric == "certified_radius" or claim.margin:
+        return None
+    pairs = sum(shared for _, _, shared in strata)
+    discordant = sum(w + l for w, l, _ in strata)
+    if not pairs:
+        return None
+    power = paired_power(claim.paper_difference, discordant / pairs, pairs, ALPHA)
+    return power, (f"power {100 * power:.0f}% at n = {pairs} pairs to detect the paper's difference "
+                   f"of {100 * claim.paper_difference:.2g} points (our discordant rate "
+                   f"{100 * discordant / pairs:.1f}%; normal approximation, Connor 1987)")
+
+
+def _stratified(claim: Claim, better: dict, worse: dict) -> tuple[float, float, str, list]:
+    """The claim's test over training seeds: (p-value in the paper's direction, in the opposite
+    one, the test's description, the per-seed (wins, losses, shared) strata)."""
+    strata = [_wins_losses(claim, better[seed], worse[seed]) for seed in claim.seeds]
+    forward = stratified_sign_test([(w, l) for w, l, _ in strata])
+    backward = stratified_sign_test([(l, w) for w, l, _ in strata])
+    per_seed = ", ".join(f"seed {seed}: {w}-{l}" for seed, (w, l, _) in zip(claim.seeds, strata))
+    test = (f"exact stratified sign test (McNemar over {len(strata)} training seeds; discordant "
+            f"pairs won-lost {per_seed})")
+    return forward, backward, test, strata
+
+
+def _pooled(values: dict) -> dict:
+    """Per-seed values as one sample, keyed by (seed, example index)."""
+    return {(seed, index): value for seed, by_index in values.items()
+            for index, value in by_index.items()}
+
+
+def _seed_summary(claim: Claim, values: dict) -> str:
+    pooled = _summary(claim.metric, _pooled(values))
+    if claim.metric == "certified_radius":
+        return pooled
+    seeds = " / ".join(f"{100 * sum(v.values()) / len(v):.1f}" if v else "n/a" for v in values.values())
+    return f"{pooled}; per seed {seeds}"
 
 
 def evaluate_claim(claim: Claim, suite: Suite, store: Store) -> dict:
@@ -231,48 +336,58 @@ def evaluate_claim(claim: Claim, suite: Suite, store: Store) -> dict:
            "paper_figure": claim.paper_figure, "metric": metric(CLAIM_METRICS[claim.metric]).label,
            "better": _side_name(claim.better), "worse": _side_name(claim.worse),
            "ours_better": None, "ours_worse": None, "p_value": None}
+    if claim.seeds:
+        seeds_text = f" (training seeds {', '.join(map(str, claim.seeds))})"
+        row["better"] += seeds_text
+        row["worse"] += seeds_text
     if claim.not_testable:
         return {**row, "verdict": "not testable here", "detail": claim.not_testable}
     # Both sides are measured before deciding, so the table shows every figure the store has even
     # when one side makes the claim untestable.
-    values, problems = {}, []
+    seeds = claim.seeds or (None,)
+    values, cells, problems = {"better": {}, "worse": {}}, [], []
     for key, side in (("better", claim.better), ("worse", claim.worse)):
-        cell = _find_cell(suite, side)
-        if cell is None:
-            problems.append(f"suite {suite.name} has no cell {_side_name(side)}")
-            continue
-        status = store.cell_status(cell.id)
-        if status != "done":
-            reason = next((r.reason for r in store.cells(suite.name) if r.cell_id == cell.id), None)
-            problems.append(f"{_side_name(side)}: " + (f"{status}: {reason}" if reason else
-                                                        f"not run yet ({status or 'not started'})"))
-            continue
-        outcomes = store.outcomes(cell.id)
-        values[key] = _per_example(claim.metric, outcomes)
-        row[f"ours_{key}"] = _summary(claim.metric, values[key])
-        if not values[key]:
-            problems.append(f"{_side_name(side)} has no examples for {row['metric']}")
-            continue
-        vanilla_cell = _find_cell(suite, {"task": side["task"], "defense": "vanilla"})
-        vanilla = (store.outcomes(vanilla_cell.id) if vanilla_cell is not None and
-                   side["defense"] != "vanilla" and store.cell_status(vanilla_cell.id) == "done"
-                   else None)
-        for degenerate in (_no_better_than_majority(outcomes), _collapsed(outcomes, vanilla)):
-            if degenerate:
-                problems.append(f"{_side_name(side)}: {degenerate}")
+        for seed in seeds:
+            measured = _measure(claim, suite, store, side, seed, problems)
+            if measured is not None:
+                cells.append(measured[0])
+                values[key][seed] = measured[1]
+        if len(values[key]) == len(seeds):
+            row[f"ours_{key}"] = (_seed_summary(claim, values[key]) if claim.seeds
+                                  else _summary(claim.metric, values[key][None]))
     if problems:
         return {**row, "verdict": "not testable here", "detail": "; ".join(problems)}
-    forward, backward, test = _test(claim, values["better"], values["worse"])
+    heterogeneity = None
+    if claim.seeds and claim.metric != "certified_radius" and claim.margin is None:
+        forward, backward, test, strata = _stratified(claim, values["better"], values["worse"])
+        heterogeneity = stratum_heterogeneity([(w, l) for w, l, _ in strata])
+    else:
+        better, worse = ((_pooled(values["better"]), _pooled(values["worse"])) if claim.seeds
+                         else (values["better"][None], values["worse"][None]))
+        forward, backward, test = _test(claim, better, worse)
+        paired = _wins_losses(claim, better, worse)
+        # the power of the paired test, where the samples are nested as a task's are
+        strata = [paired] if paired[2] == min(len(better), len(worse)) else []
     row["p_value"] = forward
     # The verdict stays the rule's; a sanity flag on a side's attacks is shown beside it, because
     # it says that side's attacked figure overstates robustness.
-    flags = [f"sanity flag on {claim_side['defense']} on {claim_side['task']}: {flag}"
-             for claim_side in (claim.better, claim.worse) for flag in _sanity_flags(suite, store, claim_side)]
+    flags = [f"sanity flag on {cell.defense_label} on {cell.task_label}: {flag}"
+             for cell in cells for flag in _sanity_flags(suite, store, cell)]
     if forward < ALPHA:
+        if heterogeneity is not None and heterogeneity < ALPHA:
+            return {**row, "verdict": "does not hold", "detail": "; ".join([
+                f"{test}, p = {forward:.2g}, but the training seeds disagree (heterogeneity "
+                f"chi-square p = {heterogeneity:.2g}): the pooled difference is not the method's",
+                *flags])}
         return {**row, "verdict": "holds", "detail": "; ".join([f"{test}, p = {forward:.2g}", *flags])}
     direction = ("the opposite is significant" if backward < ALPHA else "not significant")
-    return {**row, "verdict": "does not hold",
-            "detail": "; ".join([f"{test}, p = {forward:.2g} ({direction})", *flags])}
+    detail = [f"{test}, p = {forward:.2g} ({direction})"]
+    power = _power_note(claim, strata) if strata else None
+    if power is not None:
+        detail.append(power[1])
+        if power[0] < POWER_NEEDED and backward >= ALPHA:
+            return {**row, "verdict": "underpowered here", "detail": "; ".join([*detail, *flags])}
+    return {**row, "verdict": "does not hold", "detail": "; ".join([*detail, *flags])}
 
 
 def build_reproduction(claims: list[Claim], suite: Suite, store: Store) -> dict:

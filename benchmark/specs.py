@@ -118,6 +118,9 @@ class Cell:
     split, and `attack_label` is the poisoner's suite label.
     `task_label`, `defense_label` and `attack_label` are the suite's entry names, shown on
     leaderboards; the hashes of the specs, not the labels, identify the cell in the store.
+    `train_seed` is a training-seed replicate's seed (a suite defense's `seeds`); None trains with
+    the task's seed, as every cell did before replicates, and is left out of the dict so those
+    cells keep their ids.
     """
 
     task: TaskSpec
@@ -129,6 +132,7 @@ class Cell:
     defense_label: str
     attack_label: str | None = None
     poison: PoisonSpec | None = None
+    train_seed: int | None = None
 
     def to_dict(self) -> dict:
         return {
@@ -137,7 +141,13 @@ class Cell:
             "attack": self.attack.to_dict() if self.attack else None,
             "poison": self.poison.to_dict() if self.poison else None,
             "protocol": self.protocol.to_dict(),
+            **({"train_seed": self.train_seed} if self.train_seed is not None else {}),
         }
+
+    @property
+    def training_seed(self) -> int:
+        """The seed the defense trains with: the replicate's, else the task's."""
+        return self.train_seed if self.train_seed is not None else self.task.params.get("seed", 0)
 
     @functools.cached_property
     def id(self) -> str:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 import numpy as np
-from scipy.stats import binom, binomtest, fisher_exact
+from scipy.stats import binom, binomtest, chi2_contingency, fisher_exact, norm
 from statsmodels.stats.proportion import proportion_confint
 
 
@@ -94,3 +94,37 @@ def lower_pvalue(a: dict, b: dict) -> tuple[float, str]:
     table = [[ka, len(a) - ka], [kb, len(b) - kb]]
     return float(fisher_exact(table, alternative="less").pvalue), "Fisher exact, unpaired"
 
+
+
+def stratified_sign_test(strata: list[tuple[int, int]]) -> float:
+    """One-sided exact p-value that `wins` exceed `losses` over strata of paired examples, each
+    stratum a (wins, losses) count of its discordant pairs (one training seed's McNemar table).
+    Under the null of no difference in any stratum each discordant pair is a fair coin, so the
+    pooled wins are Binomial(pooled discordant, 1/2): the exact form of the Cochran-Mantel-Haenszel
+    test with every matched pair a stratum. 1.0 when no pair is discordant."""
+    wins, losses = sum(w for w, _ in strata), sum(l for _, l in strata)
+    return sign_test(wins, losses, "greater")
+
+
+def stratum_heterogeneity(strata: list[tuple[int, int]]) -> float | None:
+    """p-value of the chi-square test that every stratum splits its discordant pairs between wins
+    and losses in the same proportion (Pearson, strata with no discordant pair left out), or None
+    when fewer than two strata have any: a pooled win carried by one seed shows here."""
+    rows = [[w, l] for w, l in strata if w + l]
+    if len(rows) < 2 or not sum(w for w, _ in rows) or not sum(l for _, l in rows):
+        return None
+    return float(chi2_contingency(rows, correction=False).pvalue)
+
+
+def paired_power(difference: float, discordant_rate: float, n: int, alpha: float) -> float:
+    """Power of the one-sided paired test of two proportions (McNemar) at level alpha to detect a
+    rate `difference` over `n` pairs whose share of discordant pairs is `discordant_rate` (raised to
+    |difference|, the least it can be), by the normal approximation (Connor 1987):
+    Phi((|d| sqrt(n) - z_{1-alpha} sqrt(psi)) / sqrt(psi - d^2))."""
+    d = abs(difference)
+    psi = max(discordant_rate, d)
+    spread = psi - d * d
+    if spread <= 0:
+        return 1.0
+    z = norm.ppf(1 - alpha)
+    return float(norm.cdf((d * np.sqrt(n) - z * np.sqrt(psi)) / np.sqrt(spread)))

@@ -8,7 +8,8 @@
                           # resources = {overrides of [resources] for this task's cells},
                           # defenses = [labels], attacks = [labels] to run only those on it
     [defenses.<label>]    # defense = registered name (default: label), params, tasks = [labels],
-                          # per_task.<task label> = {param overrides}
+                          # per_task.<task label> = {param overrides}, seeds = [training seeds]
+                          # (one row per seed: `label` for the task's seed, `label@seed<n>` else)
     [attacks.<label>]     # attack = registered name (default: label), same keys as defenses,
                           # and protocol = {overrides} for this attack's cells (e.g. fewer
                           # n_examples for an expensive attack)
@@ -253,28 +254,33 @@ def load_suite(name_or_path: str, data_root: str | Path | None = None,
             if defense_spec is None:
                 continue
             kinds = _cell_kinds(defense_raw, defense_spec, f"{where}, [defenses.{defense_label}]")
-            if "clean" in kinds:
-                suite.cells.append(Cell(task_spec, model_spec, defense_spec, None, protocol,
-                                        task_label, defense_label))
-            for attack_label, attack_raw in attacks.items() if "attacks" in kinds else ():
-                if attack_label not in only_attacks:
-                    continue
-                attack_spec = _component_spec(ATTACKS, "attacks", "attack", attack_label,
-                                              attack_raw, task_label, modality, where, {})
-                if attack_spec is not None:
-                    attack_where = f"{where}, [attacks.{attack_label}]"
-                    attack_protocol = _protocol(
-                        base_protocol, {**task_protocol, **_table(attacks[attack_label], "protocol",
-                                                                  attack_where)}, attack_where)
-                    suite.cells.append(Cell(task_spec, model_spec, defense_spec, attack_spec,
-                                            attack_protocol, task_label, defense_label,
-                                            attack_label))
-            for poison_label, poison_raw in poisoners.items() if "backdoor" in kinds else ():
-                poison_spec = _component_spec(POISONERS, "poisoners", "poisoner", poison_label,
-                                              poison_raw, task_label, modality, where, {}, seed)
-                if poison_spec is not None:
+            for label, train_seed in _replicates(defense_raw, defense_label, task_params["seed"],
+                                                 f"{where}, [defenses.{defense_label}]"):
+                replicate = {"defense_label": label, "train_seed": train_seed}
+                if "clean" in kinds:
                     suite.cells.append(Cell(task_spec, model_spec, defense_spec, None, protocol,
-                                            task_label, defense_label, poison_label, poison_spec))
+                                            task_label, **replicate))
+                for attack_label, attack_raw in attacks.items() if "attacks" in kinds else ():
+                    if attack_label not in only_attacks:
+                        continue
+                    attack_spec = _component_spec(ATTACKS, "attacks", "attack", attack_label,
+                                                  attack_raw, task_label, modality, where, {})
+                    if attack_spec is not None:
+                        attack_where = f"{where}, [attacks.{attack_label}]"
+                        attack_protocol = _protocol(
+                            base_protocol, {**task_protocol, **_table(attacks[attack_label],
+                                                                      "protocol", attack_where)},
+                            attack_where)
+                        suite.cells.append(Cell(task_spec, model_spec, defense_spec, attack_spec,
+                                                attack_protocol, task_label,
+                                                attack_label=attack_label, **replicate))
+                for poison_label, poison_raw in poisoners.items() if "backdoor" in kinds else ():
+                    poison_spec = _component_spec(POISONERS, "poisoners", "poisoner", poison_label,
+                                                  poison_raw, task_label, modality, where, {}, seed)
+                    if poison_spec is not None:
+                        suite.cells.append(Cell(task_spec, model_spec, defense_spec, None, protocol,
+                                                task_label, attack_label=poison_label,
+                                                poison=poison_spec, **replicate))
     if not suite.cells:
         raise UsageError(f"{where}: no (task, defense) pair is compatible; check the modalities "
                          f"and `tasks` lists")
@@ -310,6 +316,26 @@ def _check_task_labels(raw, task_labels: list[str], where: str) -> None:
         _expect(overrides, dict, f"{where}, key 'per_task.{label}'", "a table")
 
 
+def replicate_label(label: str, train_seed: int | None) -> str:
+    """A defense entry's row label for one training seed: the entry's own label for the replicate
+    that trains with the task's seed (its cells keep the ids they had before replicates), else
+    `label@seed<n>`."""
+    return label if train_seed is None else f"{label}@seed{train_seed}"
+
+
+def _replicates(raw: dict, label: str, task_seed: int, where: str) -> list[tuple[str, int | None]]:
+    """(row label, train_seed) per training seed of a defense entry: its `seeds` list, else one
+    replicate with the task's seed. The task's own seed is train_seed None (see Cell)."""
+    if "seeds" not in raw:
+        return [(label, None)]
+    seeds = _expect(raw["seeds"], list, f"{where}, key 'seeds'", "a list of training seeds")
+    if not seeds or len(set(seeds)) != len(seeds) or any(
+            not isinstance(s, int) or isinstance(s, bool) or s < 0 for s in seeds):
+        raise UsageError(f"{where}, key 'seeds': need distinct non-negative integers, got {seeds!r}")
+    return [(replicate_label(label, None if s == task_seed else s), None if s == task_seed else s)
+            for s in seeds]
+
+
 def _cell_kinds(raw: dict, spec: DefenseSpec, where: str) -> tuple:
     """The kinds of cell a defense gets: `cells` from the suite, backdoor only if it is tagged."""
     backdoor = bool(DEFENSES.get(spec.name).tags.get("backdoor"))
@@ -330,7 +356,7 @@ def _component_spec(registry, section, name_key, label, raw, task_label, modalit
                     seed=0):
     entry_where = f"{where}, [{section}.{label}]"
     _expect(raw, dict, entry_where, "a table")
-    valid = COMPONENT_KEYS | {name_key} | {"defense": {"cells"}, "attack": {"protocol"}}.get(name_key, set())
+    valid = COMPONENT_KEYS | {name_key} | {"defense": {"cells", "seeds"}, "attack": {"protocol"}}.get(name_key, set())
     bad = sorted(set(raw) - valid)
     if bad:
         raise UsageError(f"{entry_where}: unknown key(s) {', '.join(bad)}; valid: "

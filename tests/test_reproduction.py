@@ -138,9 +138,10 @@ def test_each_verdict_comes_from_the_stored_outcomes(setup):
     assert "sanity flag on madry on digits: autoattack: AutoAttack weaker than PGD" \
         in rows["robust"]["detail"] and "sanity flag" not in rows["radius"]["detail"]
     assert rows["radius-na"]["ours_worse"].startswith("N/A [N/A, ") and "(n=100)" in rows["radius-na"]["ours_worse"]
-    assert table["counts"] == {"holds": 4, "does not hold": 2, "not testable here": 4}
+    assert table["counts"] == {"holds": 4, "does not hold": 2, "underpowered here": 0,
+                               "not testable here": 4}
     page = render_reproduction(table)
-    assert page.count("\n| **P**") == 10 and "4 holds, 2 does not hold, 4 not testable here" in page
+    assert page.count("\n| **P**") == 10 and "4 holds, 2 does not hold, 0 underpowered here, 4 not testable here" in page
 
 
 def test_malformed_claims_are_refused_with_the_fix(tmp_path):
