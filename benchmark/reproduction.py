@@ -22,6 +22,14 @@ file says why not. Tests, per metric:
 - a claim with `margin` is a non-inferiority claim ("at a small cost"): `better`'s rate is not
   below `worse`'s by `margin` or more, by the score test for two independent proportions.
 
+A claim may name training `seeds`: each side is then its row for each seed (the defense entry's
+`seeds` in the suite: `label`, `label@seed1`, ...), and the rates are decided by an exact
+stratified sign test over the seeds' discordant pairs, which holds only if a chi-square test does
+not find the seeds splitting their discordant pairs differently (a pooled win carried by one seed
+is not the method's). A claim may quote `paper_difference`, the paper's better-minus-worse rate: a
+paired test that does not reject then says "underpowered here", with its power at our n to detect
+that difference, unless that power reaches POWER_NEEDED (or the opposite is significant).
+
 A side whose defense fails one of the suite's sanity checks on its task (benchmark/sanity.py: e.g.
 AutoAttack weaker than PGD) keeps the rule's verdict, and the row names the flag: that side's
 attacked figure overstates its robustness.
@@ -403,10 +411,16 @@ def rule_text(table: dict) -> str:
         f"Rule: a claim holds when our outcomes show the paper's direction by a one-sided test "
         f"at level {table['alpha']} (exact McNemar on the shared examples for rates, Mann-Whitney U "
         f"for certified radii, a score test against the stated margin for \"small cost\" claims); "
-        f"it does not hold when both cells were measured and the test does not reject; it is "
-        f"not testable here when a cell was not run, its classifier is no better than always "
-        f"predicting the majority class, or it collapsed (predicts fewer than half of the classes, "
-        f"or its clean accuracy is below half of the vanilla model's) (reason given). A failed sanity check of a side's "
+        f"a claim over training seeds pools each seed's discordant pairs in an exact stratified "
+        f"sign test (the exact Cochran-Mantel-Haenszel test of matched pairs) and holds only if the "
+        f"seeds also agree (a chi-square test of the seeds' win shares does not reject); "
+        f"it does not hold when both cells were measured and the test does not reject, unless "
+        f"the paired test had under {100 * POWER_NEEDED:.0f}% power to detect the paper's own "
+        f"difference at our n (normal approximation), which is \"underpowered here\" with the "
+        f"power; it is not testable here when a cell was not run, its classifier is no better than "
+        f"always predicting the majority class, or it collapsed (predicts fewer than half of the "
+        f"classes, or its clean accuracy is below half of the vanilla model's) (reason given). "
+        f"A failed sanity check of a side's "
         f"defense (leaderboard.md, \"Sanity checks\") is named beside the verdict: that side's "
         f"attacked figure overstates its robustness. Our figures are rates in % "
         f"with 95% Clopper-Pearson intervals, or medians with 95% order-statistic intervals, and n. "
