@@ -9,7 +9,8 @@
                           # defenses = [labels], attacks = [labels] to run only those on it
     [defenses.<label>]    # defense = registered name (default: label), params, tasks = [labels],
                           # per_task.<task label> = {param overrides}, seeds = [training seeds]
-                          # (one row per seed: `label` for the task's seed, `label@seed<n>` else)
+                          # or seeds = {<task label> = [training seeds]} (one row per seed:
+                          # `label` for the task's own seed, `label@seed<n>` for the others)
     [attacks.<label>]     # attack = registered name (default: label), same keys as defenses,
                           # and protocol = {overrides} for this attack's cells (e.g. fewer
                           # n_examples for an expensive attack)
@@ -254,7 +255,8 @@ def load_suite(name_or_path: str, data_root: str | Path | None = None,
             if defense_spec is None:
                 continue
             kinds = _cell_kinds(defense_raw, defense_spec, f"{where}, [defenses.{defense_label}]")
-            for label, train_seed in _replicates(defense_raw, defense_label, task_params["seed"],
+            for label, train_seed in _replicates(defense_raw, defense_label, task_label,
+                                                 task_params["seed"],
                                                  f"{where}, [defenses.{defense_label}]"):
                 replicate = {"defense_label": label, "train_seed": train_seed}
                 if "clean" in kinds:
@@ -305,9 +307,11 @@ def _check_task_labels(raw, task_labels: list[str], where: str) -> None:
     if not isinstance(raw, dict):
         return  # reported, with its place, when the component is read
     named = {"tasks": raw.get("tasks", []), "per_task": raw.get("per_task", {})}
+    if isinstance(raw.get("seeds"), dict):  # training seeds by task label
+        named["seeds"] = raw["seeds"]
     for key, labels in named.items():
-        _expect(labels, dict if key == "per_task" else list, f"{where}, key '{key}'",
-                "a table" if key == "per_task" else "a list")
+        _expect(labels, list if key == "tasks" else dict, f"{where}, key '{key}'",
+                "a list" if key == "tasks" else "a table")
         unknown = sorted(str(label) for label in labels if label not in task_labels)
         if unknown:
             raise UsageError(f"{where}, key '{key}': unknown task(s) {', '.join(unknown)}; the "
@@ -323,15 +327,22 @@ def replicate_label(label: str, train_seed: int | None) -> str:
     return label if train_seed is None else f"{label}@seed{train_seed}"
 
 
-def _replicates(raw: dict, label: str, task_seed: int, where: str) -> list[tuple[str, int | None]]:
-    """(row label, train_seed) per training seed of a defense entry: its `seeds` list, else one
-    replicate with the task's seed. The task's own seed is train_seed None (see Cell)."""
-    if "seeds" not in raw:
+def _replicates(raw: dict, label: str, task_label: str, task_seed: int,
+                where: str) -> list[tuple[str, int | None]]:
+    """(row label, train_seed) per training seed of a defense entry on a task: its `seeds` (a list
+    for every task, or a table of lists by task label), else one replicate with the task's seed.
+    The task's own seed is train_seed None (see Cell)."""
+    seeds = raw.get("seeds")
+    if isinstance(seeds, dict):
+        where, seeds = f"{where}, key 'seeds.{task_label}'", seeds.get(task_label)
+    else:
+        where = f"{where}, key 'seeds'"
+    if seeds is None:
         return [(label, None)]
-    seeds = _expect(raw["seeds"], list, f"{where}, key 'seeds'", "a list of training seeds")
+    _expect(seeds, list, where, "a list of training seeds")
     if not seeds or len(set(seeds)) != len(seeds) or any(
             not isinstance(s, int) or isinstance(s, bool) or s < 0 for s in seeds):
-        raise UsageError(f"{where}, key 'seeds': need distinct non-negative integers, got {seeds!r}")
+        raise UsageError(f"{where}: need distinct non-negative integers, got {seeds!r}")
     return [(replicate_label(label, None if s == task_seed else s), None if s == task_seed else s)
             for s in seeds]
 

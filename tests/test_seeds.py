@@ -75,9 +75,20 @@ def test_seeds_expand_into_rows_and_the_task_seed_keeps_its_cell(tmp_path):
         first.module.state_dict().values(), second.module.state_dict().values()))
 
 
-@pytest.mark.parametrize("seeds", ["seeds = []", "seeds = [1, 1]", "seeds = [-1]", 'seeds = "0"'])
-def test_bad_seeds_are_refused_where_they_are(tmp_path, seeds):
-    with pytest.raises(UsageError, match=r"\[defenses.vanilla\], key 'seeds'"):
+def test_seeds_by_task_replicate_only_that_task(tmp_path):
+    path = tmp_path / "two-tasks.toml"
+    path.write_text(SEEDED.format(seeds="seeds = { digits = [0, 3] }")
+                    + '[tasks.ctoy]\nmodel = "smallcnn"\nparams = { size = 16 }\n')
+    rows = {(c.task_label, c.defense_label) for c in load_suite(str(path)).cells}
+    assert rows == {("digits", "vanilla"), ("digits", "vanilla@seed3"), ("ctoy", "vanilla")}
+
+
+@pytest.mark.parametrize("seeds, where", [
+    ("seeds = []", "seeds"), ("seeds = [1, 1]", "seeds"), ("seeds = [-1]", "seeds"),
+    ('seeds = "0"', "seeds"), ("seeds = { digits = [true] }", "seeds.digits"),
+    ("seeds = { digit = [0, 1] }", "seeds")])
+def test_bad_seeds_are_refused_where_they_are(tmp_path, seeds, where):
+    with pytest.raises(UsageError, match=rf"\[defenses.vanilla\], key '{where}'"):
         write_suite(tmp_path, seeds)
 
 
