@@ -120,7 +120,8 @@ def build_defended(cell: Cell, task, cache_dir: Path, device: torch.device | Non
     entry = DEFENSES.get(cell.defense.name)
     context = BuildContext(cache_dir, key, cell.training_seed, device)
     set_seed(context.seed)
-    defended = entry.obj().build(task, cell.model, cell.defense.params, context)
+    config = {**getattr(entry.obj, "omitted_at_default", {}), **cell.defense.params}
+    defended = entry.obj().build(task, cell.model, config, context)
     check_defended(defended, entry, task)
     _defended_models[kept] = defended
     while len(_defended_models) > DEFENDED_MODELS_KEPT:

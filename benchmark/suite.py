@@ -396,4 +396,9 @@ def _component_spec(registry, section, name_key, label, raw, task_label, modalit
         config["seed"] = seed if config.get("seed") is None else config["seed"]
         entry.obj(config)  # validates the config (loads no model)
         return PoisonSpec.make(entry.name, config)
-    return DefenseSpec.make(entry.name, config)
+    # An option the defense added later is left out of the spec at its default
+    # (`omitted_at_default`), so entries written before it keep their cell ids and cache keys;
+    # evaluate.build_defended gives the defense its whole config.
+    omitted = getattr(entry.obj, "omitted_at_default", {})
+    return DefenseSpec.make(entry.name, {key: value for key, value in config.items()
+                                         if not (key in omitted and value == omitted[key])})

@@ -624,3 +624,48 @@ def test_autoattack_rand_is_the_reference_version_for_randomized_defenses(digits
     deterministic = build_defense("vanilla", digits, tmp_path / "vanilla", epochs=1)
     with pytest.raises(NotApplicable, match="deterministic"):
         attack.run(deterministic, xs, ys, seed=0)
+
+
+def test_eps_warmup_ramps_the_training_budget_from_zero(digits, tmp_path):
+    """eps_warmup_epochs = W: the training attack's eps (and step size) is eps * epoch / W until
+    epoch W, so epoch 0 trains on natural inputs; 0 (the default) is the full budget throughout and
+    is left out of a suite's spec, so entries without it keep their cell ids."""
+    import torch.nn.functional as F
+    from defenses.vision.common import AttackBudget
+    from defenses.vision.madry import madry_loss
+
+    config = resolve_config(DEFENSES.get("madry").obj.defaults,
+                            {"eps": 0.2, "steps": 4, "eps_warmup_epochs": 4}, "madry")
+    budget = AttackBudget("madry", config)
+    seen = []
+    for epoch in range(6):
+        budget.on_epoch_start(epoch)
+        seen.append((round(budget.eps, 6), round(budget.step_size, 6)))
+    assert seen == [(0.0, 0.0), (0.05, 0.03125), (0.1, 0.0625), (0.15, 0.09375), (0.2, 0.125),
+                    (0.2, 0.125)]
+    full = AttackBudget("madry", {**config, "eps_warmup_epochs": 0})
+    assert (full.eps, full.step_size) == (0.2, 0.125)
+    with pytest.raises(UsageError, match="eps_warmup_epochs must be a non-negative integer"):
+        AttackBudget("madry", {**config, "eps_warmup_epochs": -1})
+
+    # at epoch 0 of a warm-up, Madry's loss is the cross-entropy of the natural inputs
+    torch.manual_seed(0)
+    model = build_model(TINY_CNN, digits).eval()
+    x, y = torch.as_tensor(digits.train.xs[:32]), torch.as_tensor(digits.train.ys[:32])
+    budget.on_epoch_start(0)
+    assert torch.equal(madry_loss(budget, 4)(model, x, y), F.cross_entropy(model(x), y))
+
+    # the option is in a spec only when it is not its default; training with it runs end to end
+    suite = tmp_path / "warmup.toml"
+    body = ('name = "warmup"\n[tasks.digits]\nmodel = "smallcnn"\n[defenses.madry]\n'
+            'params = {{ epochs = 1, eps = 0.2, steps = 2{} }}\n')
+    specs = []
+    for extra in ("", ", eps_warmup_epochs = 0", ", eps_warmup_epochs = 2"):
+        suite.write_text(body.format(extra))
+        specs.append(load_suite(str(suite)).cells[0].defense)
+    assert specs[0] == specs[1] != specs[2] and specs[2].params["eps_warmup_epochs"] == 2
+    assert "eps_warmup_epochs" not in specs[0].params
+    for name in ("madry", "trades", "causaladv-m"):
+        model = build_defense(name, digits, tmp_path / name, epochs=2, lr=3e-3, eps=0.2,
+                              steps=2, eps_warmup_epochs=2)
+        assert accuracy(model, digits.test.xs, digits.test.ys) > 0.2, name

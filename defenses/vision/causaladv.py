@@ -46,8 +46,8 @@ import defenses.vision.common as common
 from benchmark.defended import ClassifierModel
 from benchmark.errors import UsageError
 from benchmark.registry import register_defense
-from defenses.vision.common import (ADVERSARIAL_OPTIONS, TRAIN_OPTIONS, check_budget, eval_mode,
-                                    kl_to, pgd_linf, train_defended)
+from defenses.vision.common import (ADVERSARIAL_OPTIONS, OMITTED_AT_DEFAULT, TRAIN_OPTIONS,
+                                    AttackBudget, eval_mode, kl_to, pgd_linf, train_defended)
 
 
 OBJECTIVES = ("paper", "reference")
@@ -155,8 +155,7 @@ class CausalAdvTrainer:
         self.mode = mode
         self.config = config
         self.paper = config["objective"] == "paper"
-        self.step_size = check_budget(f"causaladv-{mode}", config["eps"], config["steps"],
-                                      config["step_size"])
+        self.budget = AttackBudget(f"causaladv-{mode}", config)
         device = next(model.parameters()).device
         dim = model.head.in_features
         generator = torch.Generator().manual_seed(seed)
@@ -174,6 +173,7 @@ class CausalAdvTrainer:
 
     def on_epoch_start(self, epoch: int) -> None:
         c = self.config
+        self.budget.on_epoch_start(epoch)
         fraction = epoch / c["epochs"]
         self.lam = min(max(c["lambda"] * fraction, 0.0), c["lambda"])
         self.ratio = min(max(c["ratio"] * fraction, 0.0), c["ratio"])
@@ -212,7 +212,7 @@ class CausalAdvTrainer:
                 style_term = soft_cross_entropy(style_target, self.g(style(f, basis), y, c["ratio"]))
                 return c["trades_beta"] * content + c["lambda"] * style_term
 
-            return pgd_linf(objective, x, c["eps"], self.step_size, c["steps"],
+            return pgd_linf(objective, x, self.budget.eps, self.budget.step_size, c["steps"],
                             start="uniform" if self.mode == "m" else "gaussian")
 
     def __call__(self, model, x, y):
@@ -277,6 +277,7 @@ class _CausalAdv:
     defaults = {**TRAIN_OPTIONS, **ADVERSARIAL_OPTIONS, "objective": "paper",
                 "beta": 1.0, "trades_beta": 1.0, "lambda": 1.0, "ratio": 1.0,
                 "detach_target": True}
+    omitted_at_default = OMITTED_AT_DEFAULT
 
     def build(self, task, model_spec, config, context):
         module = context.build_model(model_spec, task)

@@ -5,15 +5,15 @@ import torch.nn.functional as F
 import defenses.vision.common as common
 from benchmark.defended import ClassifierModel
 from benchmark.registry import register_defense
-from defenses.vision.common import (ADVERSARIAL_OPTIONS, TRAIN_OPTIONS, check_budget, eval_mode,
-                                    pgd_linf, train_defended)
+from defenses.vision.common import (ADVERSARIAL_OPTIONS, OMITTED_AT_DEFAULT, TRAIN_OPTIONS,
+                                    AttackBudget, eval_mode, pgd_linf, train_defended)
 
 
-def madry_loss(eps: float, step_size: float, steps: int):
+def madry_loss(budget: AttackBudget, steps: int):
     def loss_fn(model, x, y):
         with eval_mode(model):
             adversarial = pgd_linf(lambda a: F.cross_entropy(model(a), y, reduction="sum"), x,
-                                   eps, step_size, steps, start="uniform")
+                                   budget.eps, budget.step_size, steps, start="uniform")
         return F.cross_entropy(model(adversarial), y)
     return loss_fn
 
@@ -25,10 +25,11 @@ class Madry:
     # step_size None = 2.5 * eps / steps (Madry's rule); CIFAR recipe: eps 8/255, 10 x 2/255.
     cache_sources = (common,)
     defaults = {**TRAIN_OPTIONS, **ADVERSARIAL_OPTIONS}
+    omitted_at_default = OMITTED_AT_DEFAULT
 
     def build(self, task, model_spec, config, context):
-        step = check_budget("madry", config["eps"], config["steps"], config["step_size"])
+        budget = AttackBudget("madry", config)
         module = train_defended(task, model_spec, config, context,
-                                madry_loss(config["eps"], step, config["steps"]),
-                                f"madry {task.name}")
+                                madry_loss(budget, config["steps"]), f"madry {task.name}",
+                                on_epoch_start=budget.on_epoch_start)
         return ClassifierModel(module, task.num_classes)

@@ -7,8 +7,8 @@ import torch.nn.functional as F
 import defenses.vision.common as common
 from benchmark.defended import ClassifierModel
 from benchmark.registry import register_defense
-from defenses.vision.common import (ADVERSARIAL_OPTIONS, TRAIN_OPTIONS, check_budget, eval_mode,
-                                    kl_to, pgd_linf, train_defended)
+from defenses.vision.common import (ADVERSARIAL_OPTIONS, OMITTED_AT_DEFAULT, TRAIN_OPTIONS,
+                                    AttackBudget, eval_mode, kl_to, pgd_linf, train_defended)
 
 
 def trades_adversarial(model, x, eps, step_size, steps):
@@ -19,9 +19,9 @@ def trades_adversarial(model, x, eps, step_size, steps):
                         steps, start="gaussian")
 
 
-def trades_loss(eps: float, step_size: float, steps: int, beta: float):
+def trades_loss(budget: AttackBudget, steps: int, beta: float):
     def loss_fn(model, x, y):
-        adversarial = trades_adversarial(model, x, eps, step_size, steps)
+        adversarial = trades_adversarial(model, x, budget.eps, budget.step_size, steps)
         natural_logits = model(x)
         robust = kl_to(model(adversarial), torch.softmax(natural_logits, dim=1))
         return F.cross_entropy(natural_logits, y) + beta * robust
@@ -34,10 +34,11 @@ class Trades:
 
     cache_sources = (common,)
     defaults = {**TRAIN_OPTIONS, **ADVERSARIAL_OPTIONS, "beta": 6.0}
+    omitted_at_default = OMITTED_AT_DEFAULT
 
     def build(self, task, model_spec, config, context):
-        step = check_budget("trades", config["eps"], config["steps"], config["step_size"])
+        budget = AttackBudget("trades", config)
         module = train_defended(task, model_spec, config, context,
-                                trades_loss(config["eps"], step, config["steps"], config["beta"]),
-                                f"trades {task.name}")
+                                trades_loss(budget, config["steps"], config["beta"]),
+                                f"trades {task.name}", on_epoch_start=budget.on_epoch_start)
         return ClassifierModel(module, task.num_classes)
