@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime
 import inspect
+import json
 import os
 import platform
 import re
@@ -32,6 +33,7 @@ from benchmark.store import Store
 from benchmark.suite import Suite
 from benchmark.train import deterministic_torch, set_seed
 
+TRAINING_RECORD = "training.json"  # the cache file of a build's training record
 PACKAGES = ["torch", "numpy", "scipy", "statsmodels", "scikit-learn", "transformers", "tokenizers",
             "datasets", "textattack", "torchattacks", "pyautoattack", "pandas", "tabulate"]
 
@@ -57,6 +59,14 @@ class BuildContext:
         """A cache file for this build's artifacts (weights, poisoned data, tables)."""
         return self.cache_dir / f"{self.key}-{name}"
 
+    def record_training(self, record: dict) -> None:
+        """Keep what training measured (e.g. the last epoch's mean loss) beside the weights, so a
+        model loaded from the cache still has it (training_record reads it)."""
+        path = self.path(TRAINING_RECORD)
+        partial = path.with_suffix(f".partial{os.getpid()}")
+        partial.write_text(json.dumps(record, sort_keys=True))
+        os.replace(partial, path)
+
     def trained(self, module: torch.nn.Module, train, name: str = "model") -> torch.nn.Module:
         """Load `module`'s weights from the cache, or call `train(module)` and cache the result."""
         path = self.path(f"{name}.pt")
@@ -69,6 +79,13 @@ class BuildContext:
         torch.save(module.state_dict(), partial)
         os.replace(partial, path)  # atomic: a killed run never leaves a truncated model behind
         return module.eval()
+
+
+def training_record(cache_dir: Path, key: str) -> dict | None:
+    """What the training of the model cached under `key` recorded (BuildContext.record_training),
+    or None where its defense records nothing or it was trained before records were kept."""
+    path = Path(cache_dir) / f"{key}-{TRAINING_RECORD}"
+    return json.loads(path.read_text()) if path.exists() else None
 
 
 def source_hash(*objects) -> str:
@@ -287,6 +304,9 @@ def run_cell(cell: Cell, suite_name: str, store: Store, task, cache_dir: Path,
         if attack is not None:
             prepare_attack(attack, cell, task, cache_dir, device)
         store.add_build_seconds(cell.id, time.perf_counter() - started)
+        record = training_record(cache_dir, build_cache_key(cell, task))
+        if record is not None:
+            store.add_training_record(cell.id, record)
         for batch_index in tqdm(todo, desc=cell.describe(), leave=False):
             started = time.perf_counter()
             rows = run_batch(cell, defended, attack, task, batches, batch_index)

@@ -27,6 +27,7 @@ from benchmark.metrics import AT_RADIUS, ATTACK, BACKDOOR, CLEAN, MATRIX, RANKED
 from benchmark.registry import ATTACKS
 from benchmark.stats import median_interval, paired_changes, rate, sign_test
 from benchmark.store import Store
+from benchmark.suite import replicate_label
 
 REPORT_ALPHA = 0.05  # every reported interval is a 95% interval
 TIER_ALPHA = 0.05  # family-wise level of the tests that separate significance tiers
@@ -326,6 +327,7 @@ def build_leaderboard(store: Store, suite: str, submissions: list[dict] = (),
             "attack_params": attack_params, "certificate_units": [], "rows": []})
 
     attacked: dict[tuple, list[dict]] = {}
+    clean: dict[tuple, tuple] = {}  # (task, defense, model) -> its clean cell's (record, outcomes)
 
     runs: dict[tuple, list] = {}
     current = [r for r in store.cells(suite) if cell_ids is None or r.cell_id in cell_ids]
@@ -344,6 +346,8 @@ def build_leaderboard(store: Store, suite: str, submissions: list[dict] = (),
         outcomes = store.outcomes(record.cell_id)
         if has_attack:
             attacked[(record.task, record.defense, record.model, record.threat_id)] = outcomes
+        elif not backdoor:
+            clean[(record.task, record.defense, record.model)] = (record, outcomes)
         run = sanity.run_from_cell(record.attack or "", record.spec, outcomes)
         if run is not None:
             runs.setdefault((record.task, record.defense, record.model), []).append(run)
@@ -370,6 +374,8 @@ def build_leaderboard(store: Store, suite: str, submissions: list[dict] = (),
             table.setdefault("ranked_by", RANKED_BY[table["kind"]])
             table["rows"] += [{**row, "submission": submission["entry"]} for row in submitted["rows"]]
     checks = {key: sanity.run_checks(group) for key, group in runs.items()}
+    for key, check in collapse_checks(store, clean).items():
+        checks.setdefault(key, []).append(check)
     for table in tables.values():
         for row in table["rows"]:
             found = checks.get((table["task"], row["defense"], row["model"]))
@@ -393,6 +399,24 @@ def build_leaderboard(store: Store, suite: str, submissions: list[dict] = (),
                 "git_dirty": run["manifest"].get("git_dirty")} for run in runs]
     return {"suite": suite, "interval": "95% Clopper-Pearson", "manifest": manifest,
             "runs": history, "matrices": matrices, "tables": ordered, "not_run": not_done}
+
+
+def collapse_checks(store: Store, clean: dict) -> dict:
+    """The `collapsed` flag (benchmark/sanity.py) of each (task, defense, model) whose clean cell
+    shows a collapsed model, against the vanilla row of its task (the same training seed's where
+    the suite has one); shown only where it fires."""
+    flags = {}
+    for (task, defense, model), (record, outcomes) in clean.items():
+        if record.spec["defense"]["name"] == "vanilla":
+            continue
+        seed = record.spec.get("train_seed")
+        reference = (clean.get((task, replicate_label("vanilla", seed), model))
+                     or clean.get((task, "vanilla", model)))
+        check = sanity.check_collapsed(outcomes, reference[1] if reference else None,
+                                       store.training_record(record.cell_id))
+        if check.status == "flag":
+            flags[(task, defense, model)] = check
+    return flags
 
 
 def format_metric(metric: dict) -> str:

@@ -268,7 +268,8 @@ class _Run:
         self.remaining: dict[str, set[int]] = {}
 
     def run(self) -> dict[str, int]:
-        from benchmark.evaluate import build_cache_key, open_backdoor_cell, open_cell, start_run
+        from benchmark.evaluate import (build_cache_key, open_backdoor_cell, open_cell, start_run,
+                                         training_record)
 
         ray = self.ray
         tasks = start_run(self.suite, self.store, {
@@ -345,6 +346,9 @@ class _Run:
                         files = {n: p.read_bytes()
                                  for n, p in key_files(self.cache_dir, name).items()}
                         artifacts[name] = (sorted(files), [ray.put(files)])
+                    record = training_record(self.cache_dir, name)
+                    for cell in groups[name] if record is not None else ():
+                        self.store.add_training_record(cell.id, record)
                     for cell in groups[name]:
                         resources = self.suite.resources.get(cell.task_label, {})
                         for index in sorted(self.remaining[cell.id]):

@@ -36,7 +36,6 @@ attacked figure overstates its robustness.
 """
 from __future__ import annotations
 
-import math
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
@@ -204,24 +203,12 @@ def _no_better_than_majority(outcomes: list[dict]) -> str | None:
             f"always predicting the majority class ({100 * majority:.1f}%)")
 
 
-def _collapsed(outcomes: list[dict], vanilla: list[dict] | None) -> str | None:
-    """Why a cell's classifier has collapsed, or None. Adversarial training at a large budget can
-    end in a model that predicts a few classes far below the undefended model; a claim decided on
-    it says nothing about the method. Collapsed: it predicts fewer than half of the classes in the
-    sample, or its clean accuracy is below half of the vanilla model's on the same task (one-sided
-    exact binomial test at ALPHA), a loss far beyond the usual robustness-accuracy trade-off."""
-    labels = np.array([o["label"] for o in outcomes])
-    predicted = {o["clean_prediction"] for o in outcomes}
-    present = len(set(labels.tolist()))
-    reasons = []
-    if len(predicted) < math.ceil(present / 2):
-        reasons.append(f"it predicts {len(predicted)} of the {present} classes in the sample")
-    if vanilla:
-        correct = int(sum(o["clean_prediction"] == o["label"] for o in outcomes))
-        vanilla_rate = sum(o["clean_prediction"] == o["label"] for o in vanilla) / len(vanilla)
-        if binomtest(correct, len(labels), vanilla_rate / 2, alternative="less").pvalue < ALPHA:
-            reasons.append(f"its clean accuracy {100 * correct / len(labels):.1f}% is below half "
-                           f"of the vanilla model's ({100 * vanilla_rate:.1f}%)")
+def _collapsed(outcomes: list[dict], vanilla: list[dict] | None,
+               training: dict | None) -> str | None:
+    """Why a cell's classifier has collapsed, or None (benchmark.sanity.collapse_reasons, at
+    ALPHA): a claim decided on a model that adversarial training at a large budget left predicting
+    a few classes far below the undefended model says nothing about the method."""
+    reasons = sanity.collapse_reasons(outcomes, vanilla, ALPHA, training)
     return f"collapsed: {' and '.join(reasons)}" if reasons else None
 
 
@@ -284,7 +271,8 @@ def _measure(claim: Claim, suite: Suite, store: Store, side: dict, seed: int | N
         vanilla_cell = _find_cell(suite, reference, seed) or _find_cell(suite, reference)
         if vanilla_cell is not None and store.cell_status(vanilla_cell.id) == "done":
             vanilla = store.outcomes(vanilla_cell.id)
-    for degenerate in (_no_better_than_majority(outcomes), _collapsed(outcomes, vanilla)):
+    training = store.training_record(cell.id)
+    for degenerate in (_no_better_than_majority(outcomes), _collapsed(outcomes, vanilla, training)):
         if degenerate:
             problems.append(f"{name}: {degenerate}")
     return cell, values

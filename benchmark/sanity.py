@@ -15,6 +15,12 @@ For every (task, defense, model) the image attacks it was evaluated with are com
 - `autoattack`: AutoAttack (white-box) leaves no higher accuracy than PGD at the same budget,
   compared on the examples both evaluated.
 
+Separately, a row whose model **collapsed** is flagged (`collapsed`, shown only when it fires): it
+predicts fewer than half of the classes in its sample, or its clean accuracy is below half of the
+vanilla model's on the same task, or its last training epoch's mean loss is near chance (at least
+LOSS_NEAR_CHANCE of ln C, for models whose training records it). Adversarial training at a large
+budget can end there, and such a row's figures say nothing about the method.
+
 "Stronger" and "higher" mean beyond sampling noise: a one-sided exact test at level ALPHA, paired
 (McNemar, on the examples both cells evaluated) when one cell's examples contain the other's (the
 evaluator's samples are nested), else Fisher's exact test. A check with nothing to compare is "n/a"; a failed check flags the row.
@@ -34,6 +40,9 @@ UNBOUNDED_EPS = 1.0     # l-inf radius that covers the [0, 1] box
 UNBOUNDED_MAX_ACC = 0.05  # "about zero": flagged when accuracy is significantly above this
 WHITE_BOX = {"pgd", "cw", "autoattack", "eot-pgd", "bpda-pgd"}
 CHECKS = ("single-step", "more-steps", "unbounded", "black-box", "adaptive", "autoattack")
+# A training loss this close to ln C (the loss of a uniform guess over C classes) is a model that
+# learnt next to nothing: digits' adversarially trained models end near 1.0 of ln 10 = 2.3.
+LOSS_NEAR_CHANCE = 0.9
 
 
 @dataclass(frozen=True)
@@ -184,6 +193,41 @@ def check_autoattack(runs: list[Run]) -> Check:
         return Check("autoattack", "flag", "AutoAttack weaker than PGD: " + "; ".join(
             _on_shared(a, p) for p, a in flagged), _labels(flagged))
     return Check("autoattack", "ok", "; ".join(_on_shared(a, p) for p, a in pairs))
+
+
+def collapse_reasons(outcomes: list[dict], vanilla: list[dict] | None, alpha: float,
+                     training: dict | None = None) -> list[str]:
+    """Why a clean cell's classifier has collapsed (empty if it has not): too few predicted classes,
+    clean accuracy below half of `vanilla`'s outcomes on the same task (one-sided exact binomial
+    test at alpha), or a `training` record (benchmark.evaluate.training_record) whose last epoch's
+    mean loss is near ln C. Half, not a plain comparison: every adversarially trained model is
+    less accurate than the vanilla one (the robustness-accuracy trade-off), a collapsed one far
+    beyond it."""
+    labels = np.array([o["label"] for o in outcomes])
+    predicted = {o["clean_prediction"] for o in outcomes}
+    present = len(set(labels.tolist()))
+    reasons = []
+    if len(predicted) < np.ceil(present / 2):
+        reasons.append(f"it predicts {len(predicted)} of the {present} classes in the sample")
+    if vanilla:
+        correct = int(sum(o["clean_prediction"] == o["label"] for o in outcomes))
+        vanilla_rate = sum(o["clean_prediction"] == o["label"] for o in vanilla) / len(vanilla)
+        if binomtest(correct, len(labels), vanilla_rate / 2, alternative="less").pvalue < alpha:
+            reasons.append(f"its clean accuracy {100 * correct / len(labels):.1f}% is below half "
+                           f"of the vanilla model's ({100 * vanilla_rate:.1f}%)")
+    if training is not None:
+        chance = float(np.log(training["num_classes"]))
+        if training["final_loss"] >= LOSS_NEAR_CHANCE * chance:
+            reasons.append(f"its last training epoch's mean loss {training['final_loss']:.3g} is "
+                           f"near ln {training['num_classes']} = {chance:.3g}, a uniform guess's")
+    return reasons
+
+
+def check_collapsed(outcomes: list[dict], vanilla: list[dict] | None,
+                    training: dict | None = None, alpha: float = ALPHA) -> Check:
+    reasons = collapse_reasons(outcomes, vanilla, alpha, training)
+    return Check("collapsed", "flag" if reasons else "ok",
+                 "; ".join(reasons) if reasons else "not collapsed")
 
 
 def run_checks(runs: list[Run]) -> list[Check]:

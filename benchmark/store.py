@@ -127,6 +127,15 @@ CREATE TABLE IF NOT EXISTS build_seconds (
 );
 """
 
+# What a model's training recorded (benchmark.evaluate.training_record: e.g. its last epoch's mean
+# loss), per cell that used the model; added to older stores when they are opened.
+TRAINING_SCHEMA = """
+CREATE TABLE IF NOT EXISTS training_records (
+    cell_id TEXT PRIMARY KEY REFERENCES cells(cell_id),
+    record TEXT NOT NULL
+);
+"""
+
 
 class Store:
     """A results store; `read_only` (the leaderboard) opens an existing store without writing to
@@ -205,6 +214,7 @@ class Store:
         self.db.execute("PRAGMA synchronous=NORMAL")
         self.db.executescript(AUDIT_SCHEMA)
         self.db.executescript(TIMING_SCHEMA)
+        self.db.executescript(TRAINING_SCHEMA)
 
     def close(self) -> None:
         self.db.close()
@@ -294,6 +304,20 @@ class Store:
     def add_build_seconds(self, cell_id: str, seconds: float) -> None:
         self.db.execute("INSERT INTO build_seconds (cell_id, seconds) VALUES (?, ?)",
                         (cell_id, seconds))
+
+    def add_training_record(self, cell_id: str, record: dict) -> None:
+        self.db.execute("INSERT OR REPLACE INTO training_records (cell_id, record) VALUES (?, ?)",
+                        (cell_id, canonical_json(record)))
+
+    def training_record(self, cell_id: str) -> dict | None:
+        """The training record of the cell's model, or None (none recorded, or a store opened
+        read-only from before the table existed)."""
+        if not self.db.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND "
+                               "name = 'training_records'").fetchone():
+            return None
+        row = self.db.execute("SELECT record FROM training_records WHERE cell_id = ?",
+                              (cell_id,)).fetchone()
+        return json.loads(row["record"]) if row else None
 
     def cell_seconds(self, suite: str) -> list[dict]:
         """Each cell's recorded build and batch seconds (summed over the runs that did its work),

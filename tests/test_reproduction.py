@@ -212,3 +212,27 @@ def test_a_collapsed_model_is_not_evidence(setup):
     assert "not above always predicting the majority class" not in row["detail"]
     assert "collapsed: it predicts 2 of the 10 classes in the sample" in row["detail"]
     assert "below half of the vanilla model's (100.0%)" in row["detail"]
+
+
+def test_a_model_whose_training_loss_stayed_at_chance_is_flagged(setup):
+    """A model whose last training epoch's mean loss is near ln C learnt next to nothing: its
+    claims are not testable, and the leaderboard flags its row (`collapsed`), ranking it after the
+    unflagged rows."""
+    from benchmark.leaderboard import build_leaderboard
+
+    suite, store, tmp_path = setup
+    cells = {(c.defense_label, c.attack_label): c for c in suite.cells}
+    madry = claim("robust", "robust_accuracy", '{ task = "digits", defense = "madry", attack = "pgd" }',
+                  '{ task = "digits", defense = "vanilla", attack = "pgd" }')
+    assert build_reproduction(claims_file(tmp_path, madry), suite, store)["rows"][0]["verdict"] == "holds"
+    for attack in (None, "pgd"):
+        store.add_training_record(cells[("madry", attack)].id,
+                                  {"final_loss": 0.68, "epochs": 20, "num_classes": 2})
+    row = build_reproduction(claims_file(tmp_path, madry), suite, store)["rows"][0]
+    assert row["verdict"] == "not testable here"
+    assert "last training epoch's mean loss 0.68 is near ln 2 = 0.693" in row["detail"]
+    board = build_leaderboard(store, suite.name)
+    madry_rows = [r for t in board["tables"] for r in t["rows"] if r["defense"] == "madry"]
+    assert madry_rows and all("collapsed" in r["sanity_summary"] for r in madry_rows)
+    vanilla_rows = [r for t in board["tables"] for r in t["rows"] if r["defense"] == "vanilla"]
+    assert not any("collapsed" in r.get("sanity_summary", "") for r in vanilla_rows)

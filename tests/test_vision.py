@@ -466,7 +466,10 @@ def test_vision_suite_end_to_end(tmp_path):
     clean_rs = rows[("clean", "randomized-smoothing")]["metrics"]
     assert {"certified_accuracy@0", "certified_accuracy@0.5"} <= set(clean_rs)
     for row in rows.values():
-        assert row["sanity_summary"] and len(row["sanity"]) == len(sanity.CHECKS)
+        assert row["sanity_summary"] and [c["name"] for c in row["sanity"]][:6] == list(sanity.CHECKS)
+    # Madry's 3 epochs at eps 0.2 on this 8-channel CNN end at chance loss: its rows are flagged
+    assert all(row["sanity"][-1]["name"] == "collapsed" and "near ln 10" in row["sanity"][-1]["detail"]
+               for (_, defense), row in rows.items() if defense == "madry")
     markdown = render_markdown(board)
     assert "sanity flags" in markdown and "## Sanity checks" in markdown
     assert "certified acc % at r=0.5 (l2)" in markdown
@@ -479,6 +482,11 @@ def test_vision_suite_end_to_end(tmp_path):
     cell = next(c for c in suite.cells if c.defense_label == "randomized-smoothing" and c.attack_label == "pgd")
     assert {o["extra"]["judge_draws"] for o in store.outcomes(cell.id)} == {4}
     assert "acc under attack, all draws %" in markdown
+    # adversarial training records its last epoch's mean loss, kept beside the weights and stored
+    # for every cell of the model; the vanilla model's generic loop records none
+    records = {c.defense_label: store.training_record(c.id) for c in suite.cells}
+    assert records["madry"]["num_classes"] == 10 and records["madry"]["epochs"] == 3
+    assert 0 < records["madry"]["final_loss"] < np.log(10) and records["vanilla"] is None
 
 
 def test_attack_protocol_override_is_validated(tmp_path):

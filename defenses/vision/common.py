@@ -199,10 +199,21 @@ def train_defended(task, model_spec, config: dict, context, loss_fn, description
 def _fit(module, task, config, context, loss_fn, description, on_epoch_start):
     from benchmark.train import fit
 
+    # The last epoch's training losses, for the build's training record: a mean near ln C is a
+    # model that collapsed (benchmark/sanity.py).
+    epoch_losses: list[float] = []
+
     def wrapped(model, inputs, labels):
         if config["augment"]:
             inputs = augment(inputs)
-        return loss_fn(model, inputs, labels)
+        loss = loss_fn(model, inputs, labels)
+        epoch_losses.append(float(loss.detach()) * len(labels))
+        return loss
+
+    def epoch_start(epoch):
+        epoch_losses.clear()
+        if on_epoch_start is not None:
+            on_epoch_start(epoch)
 
     xs, ys, best = task.train.xs, task.train.ys, None
     checkpoint = config.get("checkpoint", "last")
@@ -213,8 +224,11 @@ def _fit(module, task, config, context, loss_fn, description, on_epoch_start):
         best = BestCheckpoint(module, xs[validation_index], ys[validation_index], config)
         xs, ys = xs[train_index], ys[train_index]
     fit(module, xs, ys, seed=context.seed, loss_fn=wrapped, description=description,
-        on_epoch_start=on_epoch_start, on_epoch_end=best.update if best else None,
+        on_epoch_start=epoch_start, on_epoch_end=best.update if best else None,
         **fit_options(config))
+    if epoch_losses:
+        context.record_training({"final_loss": sum(epoch_losses) / len(ys), "epochs": config["epochs"],
+                                 "num_classes": task.num_classes})
     if best is not None:
         best.restore()
     return module
