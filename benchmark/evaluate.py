@@ -63,6 +63,7 @@ class BuildContext:
         """Keep what training measured (e.g. the last epoch's mean loss) beside the weights, so a
         model loaded from the cache still has it (training_record reads it)."""
         path = self.path(TRAINING_RECORD)
+        path.parent.mkdir(parents=True, exist_ok=True)
         partial = path.with_suffix(f".partial{os.getpid()}")
         partial.write_text(json.dumps(record, sort_keys=True))
         os.replace(partial, path)

@@ -17,8 +17,9 @@ For every (task, defense, model) the image attacks it was evaluated with are com
 
 Separately, a row whose model **collapsed** is flagged (`collapsed`, shown only when it fires): it
 predicts fewer than half of the classes in its sample, or its clean accuracy is below half of the
-vanilla model's on the same task, or its last training epoch's mean loss is near chance (at least
-LOSS_NEAR_CHANCE of ln C, for models whose training records it). Adversarial training at a large
+vanilla model's on the same task, or its last training epoch's mean classification cross-entropy
+is near chance (at least LOSS_NEAR_CHANCE of ln C, for models whose training records it: Madry,
+TRADES, CausalAdv). Adversarial training at a large
 budget can end there, and such a row's figures say nothing about the method.
 
 "Stronger" and "higher" mean beyond sampling noise: a one-sided exact test at level ALPHA, paired
@@ -41,7 +42,7 @@ UNBOUNDED_MAX_ACC = 0.05  # "about zero": flagged when accuracy is significantly
 WHITE_BOX = {"pgd", "cw", "autoattack", "eot-pgd", "bpda-pgd"}
 CHECKS = ("single-step", "more-steps", "unbounded", "black-box", "adaptive", "autoattack")
 # A training loss this close to ln C (the loss of a uniform guess over C classes) is a model that
-# learnt next to nothing: digits' adversarially trained models end near 1.0 of ln 10 = 2.3.
+# learnt next to nothing.
 LOSS_NEAR_CHANCE = 0.9
 
 
@@ -200,7 +201,7 @@ def collapse_reasons(outcomes: list[dict], vanilla: list[dict] | None, alpha: fl
     """Why a clean cell's classifier has collapsed (empty if it has not): too few predicted classes,
     clean accuracy below half of `vanilla`'s outcomes on the same task (one-sided exact binomial
     test at alpha), or a `training` record (benchmark.evaluate.training_record) whose last epoch's
-    mean loss is near ln C. Half, not a plain comparison: every adversarially trained model is
+    mean classification cross-entropy is near ln C. Half, not a plain comparison: every adversarially trained model is
     less accurate than the vanilla one (the robustness-accuracy trade-off), a collapsed one far
     beyond it."""
     labels = np.array([o["label"] for o in outcomes])
@@ -215,11 +216,12 @@ def collapse_reasons(outcomes: list[dict], vanilla: list[dict] | None, alpha: fl
         if binomtest(correct, len(labels), vanilla_rate / 2, alternative="less").pvalue < alpha:
             reasons.append(f"its clean accuracy {100 * correct / len(labels):.1f}% is below half "
                            f"of the vanilla model's ({100 * vanilla_rate:.1f}%)")
-    if training is not None:
+    if training is not None and "final_cross_entropy" in training:
         chance = float(np.log(training["num_classes"]))
-        if training["final_loss"] >= LOSS_NEAR_CHANCE * chance:
-            reasons.append(f"its last training epoch's mean loss {training['final_loss']:.3g} is "
-                           f"near ln {training['num_classes']} = {chance:.3g}, a uniform guess's")
+        if training["final_cross_entropy"] >= LOSS_NEAR_CHANCE * chance:
+            reasons.append(f"its last training epoch's mean cross-entropy "
+                           f"{training['final_cross_entropy']:.3g} is near ln "
+                           f"{training['num_classes']} = {chance:.3g}, a uniform guess's")
     return reasons
 
 

@@ -215,7 +215,7 @@ def test_a_collapsed_model_is_not_evidence(setup):
 
 
 def test_a_model_whose_training_loss_stayed_at_chance_is_flagged(setup):
-    """A model whose last training epoch's mean loss is near ln C learnt next to nothing: its
+    """A model whose last training epoch's mean cross-entropy is near ln C learnt next to nothing: its
     claims are not testable, and the leaderboard flags its row (`collapsed`), ranking it after the
     unflagged rows."""
     from benchmark.leaderboard import build_leaderboard
@@ -227,10 +227,10 @@ def test_a_model_whose_training_loss_stayed_at_chance_is_flagged(setup):
     assert build_reproduction(claims_file(tmp_path, madry), suite, store)["rows"][0]["verdict"] == "holds"
     for attack in (None, "pgd"):
         store.add_training_record(cells[("madry", attack)].id,
-                                  {"final_loss": 0.68, "epochs": 20, "num_classes": 2})
+                                  {"final_cross_entropy": 0.68, "epochs": 20, "num_classes": 2})
     row = build_reproduction(claims_file(tmp_path, madry), suite, store)["rows"][0]
     assert row["verdict"] == "not testable here"
-    assert "last training epoch's mean loss 0.68 is near ln 2 = 0.693" in row["detail"]
+    assert "last training epoch's mean cross-entropy 0.68 is near ln 2 = 0.693" in row["detail"]
     board = build_leaderboard(store, suite.name)
     madry_rows = [r for t in board["tables"] for r in t["rows"] if r["defense"] == "madry"]
     assert madry_rows and all("collapsed" in r["sanity_summary"] for r in madry_rows)

@@ -47,7 +47,8 @@ from benchmark.defended import ClassifierModel
 from benchmark.errors import UsageError
 from benchmark.registry import register_defense
 from defenses.vision.common import (ADVERSARIAL_OPTIONS, OMITTED_AT_DEFAULT, TRAIN_OPTIONS,
-                                    AttackBudget, eval_mode, kl_to, pgd_linf, train_defended)
+                                    AttackBudget, EpochCrossEntropy, eval_mode, kl_to, pgd_linf,
+                                    train_defended)
 
 
 OBJECTIVES = ("paper", "reference")
@@ -156,6 +157,7 @@ class CausalAdvTrainer:
         self.config = config
         self.paper = config["objective"] == "paper"
         self.budget = AttackBudget(f"causaladv-{mode}", config)
+        self.cross_entropy = EpochCrossEntropy()
         device = next(model.parameters()).device
         dim = model.head.in_features
         generator = torch.Generator().manual_seed(seed)
@@ -182,7 +184,9 @@ class CausalAdvTrainer:
             group["lr"] = c["lr"] * decay
 
     def content_loss(self, logits_adv, logits_nat, y):
-        """The Madry (-M) or TRADES (-T) term, as the objective weighs it."""
+        """The Madry (-M) or TRADES (-T) term, as the objective weighs it; its classification
+        cross-entropy (adversarial for -M, natural for -T) goes into the training record."""
+        self.cross_entropy.add(logits_adv if self.mode == "m" else logits_nat, y)
         if self.mode == "m":
             return F.cross_entropy(logits_adv, y)
         kl = kl_to(logits_adv, torch.softmax(logits_nat, dim=1))
@@ -284,7 +288,8 @@ class _CausalAdv:
         trainer = CausalAdvTrainer(module, task.num_classes, config, self.mode, context.seed)
         module = train_defended(task, model_spec, config, context, trainer,
                                 f"causaladv-{self.mode} {task.name}", module=module,
-                                on_epoch_start=trainer.on_epoch_start)
+                                on_epoch_start=trainer.on_epoch_start,
+                                cross_entropy=trainer.cross_entropy)
         return ClassifierModel(module, task.num_classes)
 
 

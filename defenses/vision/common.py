@@ -187,31 +187,52 @@ class RandomizedImageModel:
 
 
 def train_defended(task, model_spec, config: dict, context, loss_fn, description: str,
-                   module: nn.Module | None = None, on_epoch_start=None) -> nn.Module:
+                   module: nn.Module | None = None, on_epoch_start=None,
+                   cross_entropy: "EpochCrossEntropy | None" = None) -> nn.Module:
     """Build the task's model (or take `module`), train it with `loss_fn` through the engine's
-    `fit` (cached by the build's content hash) and return it in eval mode."""
+    `fit` (cached by the build's content hash) and return it in eval mode. A `cross_entropy` the
+    loss function fills goes into the build's training record (its last epoch's mean)."""
     if module is None:
         module = context.build_model(model_spec, task)
     return context.trained(module, lambda m: _fit(m, task, config, context, loss_fn, description,
-                                                  on_epoch_start))
+                                                  on_epoch_start, cross_entropy))
 
 
-def _fit(module, task, config, context, loss_fn, description, on_epoch_start):
+class EpochCrossEntropy:
+    """The mean cross-entropy of the classifier's predictions on the inputs it is trained to
+    classify (adversarial for Madry, natural for TRADES), over the current epoch. At the end of
+    training it is the training record's `final_cross_entropy`: near ln C, a model that collapsed
+    to a uniform guess (benchmark/sanity.py). Composite losses (a KL or style term) are not
+    comparable with ln C, so each defense names its classification term."""
+
+    def __init__(self):
+        self.total = 0.0
+        self.examples = 0
+
+    def start_epoch(self) -> None:
+        self.total, self.examples = 0.0, 0
+
+    def add(self, logits: torch.Tensor, labels: torch.Tensor) -> None:
+        with torch.no_grad():
+            self.total += float(F.cross_entropy(logits, labels, reduction="sum"))
+        self.examples += len(labels)
+
+    @property
+    def mean(self) -> float:
+        return self.total / self.examples
+
+
+def _fit(module, task, config, context, loss_fn, description, on_epoch_start, cross_entropy):
     from benchmark.train import fit
-
-    # The last epoch's training losses, for the build's training record: a mean near ln C is a
-    # model that collapsed (benchmark/sanity.py).
-    epoch_losses: list[float] = []
 
     def wrapped(model, inputs, labels):
         if config["augment"]:
             inputs = augment(inputs)
-        loss = loss_fn(model, inputs, labels)
-        epoch_losses.append(float(loss.detach()) * len(labels))
-        return loss
+        return loss_fn(model, inputs, labels)
 
     def epoch_start(epoch):
-        epoch_losses.clear()
+        if cross_entropy is not None:
+            cross_entropy.start_epoch()
         if on_epoch_start is not None:
             on_epoch_start(epoch)
 
@@ -226,9 +247,9 @@ def _fit(module, task, config, context, loss_fn, description, on_epoch_start):
     fit(module, xs, ys, seed=context.seed, loss_fn=wrapped, description=description,
         on_epoch_start=epoch_start, on_epoch_end=best.update if best else None,
         **fit_options(config))
-    if epoch_losses:
-        context.record_training({"final_loss": sum(epoch_losses) / len(ys), "epochs": config["epochs"],
-                                 "num_classes": task.num_classes})
+    if cross_entropy is not None and cross_entropy.examples:
+        context.record_training({"final_cross_entropy": cross_entropy.mean,
+                                 "epochs": config["epochs"], "num_classes": task.num_classes})
     if best is not None:
         best.restore()
     return module

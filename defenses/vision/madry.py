@@ -6,15 +6,19 @@ import defenses.vision.common as common
 from benchmark.defended import ClassifierModel
 from benchmark.registry import register_defense
 from defenses.vision.common import (ADVERSARIAL_OPTIONS, OMITTED_AT_DEFAULT, TRAIN_OPTIONS,
-                                    AttackBudget, eval_mode, pgd_linf, train_defended)
+                                    AttackBudget, EpochCrossEntropy, eval_mode, pgd_linf,
+                                    train_defended)
 
 
-def madry_loss(budget: AttackBudget, steps: int):
+def madry_loss(budget: AttackBudget, steps: int, cross_entropy: EpochCrossEntropy | None = None):
     def loss_fn(model, x, y):
         with eval_mode(model):
             adversarial = pgd_linf(lambda a: F.cross_entropy(model(a), y, reduction="sum"), x,
                                    budget.eps, budget.step_size, steps, start="uniform")
-        return F.cross_entropy(model(adversarial), y)
+        logits = model(adversarial)
+        if cross_entropy is not None:
+            cross_entropy.add(logits, y)
+        return F.cross_entropy(logits, y)
     return loss_fn
 
 
@@ -28,8 +32,9 @@ class Madry:
     omitted_at_default = OMITTED_AT_DEFAULT
 
     def build(self, task, model_spec, config, context):
-        budget = AttackBudget("madry", config)
+        budget, cross_entropy = AttackBudget("madry", config), EpochCrossEntropy()
         module = train_defended(task, model_spec, config, context,
-                                madry_loss(budget, config["steps"]), f"madry {task.name}",
-                                on_epoch_start=budget.on_epoch_start)
+                                madry_loss(budget, config["steps"], cross_entropy),
+                                f"madry {task.name}", on_epoch_start=budget.on_epoch_start,
+                                cross_entropy=cross_entropy)
         return ClassifierModel(module, task.num_classes)

@@ -8,7 +8,8 @@ import defenses.vision.common as common
 from benchmark.defended import ClassifierModel
 from benchmark.registry import register_defense
 from defenses.vision.common import (ADVERSARIAL_OPTIONS, OMITTED_AT_DEFAULT, TRAIN_OPTIONS,
-                                    AttackBudget, eval_mode, kl_to, pgd_linf, train_defended)
+                                    AttackBudget, EpochCrossEntropy, eval_mode, kl_to, pgd_linf,
+                                    train_defended)
 
 
 def trades_adversarial(model, x, eps, step_size, steps):
@@ -19,10 +20,13 @@ def trades_adversarial(model, x, eps, step_size, steps):
                         steps, start="gaussian")
 
 
-def trades_loss(budget: AttackBudget, steps: int, beta: float):
+def trades_loss(budget: AttackBudget, steps: int, beta: float,
+                cross_entropy: EpochCrossEntropy | None = None):
     def loss_fn(model, x, y):
         adversarial = trades_adversarial(model, x, budget.eps, budget.step_size, steps)
         natural_logits = model(x)
+        if cross_entropy is not None:
+            cross_entropy.add(natural_logits, y)
         robust = kl_to(model(adversarial), torch.softmax(natural_logits, dim=1))
         return F.cross_entropy(natural_logits, y) + beta * robust
     return loss_fn
@@ -37,8 +41,9 @@ class Trades:
     omitted_at_default = OMITTED_AT_DEFAULT
 
     def build(self, task, model_spec, config, context):
-        budget = AttackBudget("trades", config)
+        budget, cross_entropy = AttackBudget("trades", config), EpochCrossEntropy()
         module = train_defended(task, model_spec, config, context,
-                                trades_loss(budget, config["steps"], config["beta"]),
-                                f"trades {task.name}", on_epoch_start=budget.on_epoch_start)
+                                trades_loss(budget, config["steps"], config["beta"], cross_entropy),
+                                f"trades {task.name}", on_epoch_start=budget.on_epoch_start,
+                                cross_entropy=cross_entropy)
         return ClassifierModel(module, task.num_classes)
