@@ -2,8 +2,11 @@
 deletion importance, swapping each for a candidate that keeps the text's meaning close.
 
 Candidates come from the task's substitution table (the Jia et al. counter-fitted neighbours on the
-real tasks, the synonym clusters on toy-sentiment) or, when `embedding` names a counter-fitted
-vectors file, from its nearest neighbours under TextFooler's cosine >= 0.5 word constraint. The
+real tasks, the synonym clusters on toy-sentiment; the default) or from the nearest neighbours of
+counter-fitted vectors under TextFooler's cosine >= 0.5 word constraint, as the paper draws them:
+`embedding` names a vectors file, or is "counter-fitted:<constraints folder>" for GloVe 6B 50d
+counter-fitted here to the constraints of Mrksic et al. (2016) in that folder
+(benchmark.data.counterfit; e.g. "counter-fitted:../shared/data/counter-fitting"). The
 sentence constraint is TextFooler's (angular similarity >= 0.8408 over 15-word windows) with the
 encoder named by `sentence_encoder`. TextFooler's part-of-speech check is not applied: its tagger
 is a download.
@@ -23,7 +26,8 @@ class TextFooler(TextAttackRecipe):
     defaults = {**TEXTATTACK_DEFAULTS, "embedding": None, "max_candidates": 50, "min_cos_sim": 0.5,
                 "sentence_encoder": "minilm", "similarity_threshold": 0.840845057,
                 "similarity_metric": "angular", "similarity_window": 15}
-    # embedding: None for the task's substitution table, or the path of a vectors file.
+    # embedding: None for the task's substitution table, the path of a vectors file, or
+    # "counter-fitted:<constraints folder>" (GloVe 6B 50d counter-fitted to those constraints).
     # sentence_encoder: "minilm" (offline), "use", a sentence-transformers name or path, or "none".
 
     def __init__(self, config: dict):
@@ -40,7 +44,13 @@ class TextFooler(TextAttackRecipe):
         if c["embedding"] is None:
             source = f"candidates: the task's substitution table (first {c['max_candidates']})"
         else:
-            source = (f"candidates: {c['max_candidates']} nearest neighbours in {c['embedding']}, "
+            from attacks.text.resources import COUNTER_FITTED
+
+            vectors = c["embedding"]
+            if vectors.startswith(COUNTER_FITTED):
+                vectors = (f"GloVe 6B 50d counter-fitted (Mrksic et al. 2016) to the constraints in "
+                           f"{vectors[len(COUNTER_FITTED):]}")
+            source = (f"candidates: {c['max_candidates']} nearest neighbours in {vectors}, "
                       f"cosine >= {c['min_cos_sim']:g}")
         return (f"TextFooler (TextAttack), greedy swaps by deletion importance, {source}, "
                 f"{describe_encoder(c)} against the text before each swap, no part-of-speech "
@@ -48,7 +58,8 @@ class TextFooler(TextAttackRecipe):
 
     def prepare(self, task, context):
         import_textattack()
-        from attacks.text.resources import table_word_swap, word_embedding
+        from attacks.text.resources import (COUNTER_FITTED, counter_fitted_embedding, table_word_swap,
+                                            word_embedding)
 
         c = self.config
         if c["embedding"] is None:
@@ -60,8 +71,12 @@ class TextFooler(TextAttackRecipe):
             from textattack.constraints.semantics import WordEmbeddingDistance
             from textattack.transformations import WordSwapEmbedding
 
-            embedding = word_embedding(c["embedding"], list(task.train.xs) + list(task.test.xs),
-                                       c["max_candidates"])
+            texts = list(task.train.xs) + list(task.test.xs)
+            if c["embedding"].startswith(COUNTER_FITTED):
+                embedding = counter_fitted_embedding(c["embedding"][len(COUNTER_FITTED):],
+                                                     context.cache_dir, texts, c["max_candidates"])
+            else:
+                embedding = word_embedding(c["embedding"], texts, c["max_candidates"])
             self.transformation_source = (
                 WordSwapEmbedding(max_candidates=c["max_candidates"], embedding=embedding),
                 [WordEmbeddingDistance(embedding=embedding, min_cos_sim=c["min_cos_sim"])])
