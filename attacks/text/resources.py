@@ -89,56 +89,24 @@ def nearest_neighbours(vectors: np.ndarray, rows: np.ndarray, k: int, chunk: int
     return nn
 
 
-def embedding_of(words: list[str], vectors: np.ndarray, words_needed: frozenset, k: int):
-    """A TextAttack WordEmbedding of `vectors`, its nearest-neighbour matrix computed for the
-    words of `words_needed` that it has."""
+@functools.lru_cache(maxsize=2)
+def _word_embedding(path: str, mtime: float, words_needed: frozenset, k: int):
     import_textattack()
     from textattack.shared import WordEmbedding
 
+    words, vectors = read_word_vectors(path)
     word2index = {w: i for i, w in enumerate(words)}
     rows = np.array(sorted(word2index[w] for w in words_needed if w in word2index), dtype=np.int64)
     return WordEmbedding(vectors, word2index, dict(enumerate(words)),
                          nn_matrix=nearest_neighbours(vectors, rows, k))
 
 
-@functools.lru_cache(maxsize=2)
-def _word_embedding(path: str, mtime: float, words_needed: frozenset, k: int):
-    return embedding_of(*read_word_vectors(path), words_needed, k)
-
-
-def task_words(texts) -> frozenset:
-    return frozenset(w for text in texts for w in text.lower().split())
-
-
 def word_embedding(path: str, texts, k: int):
     """A TextAttack WordEmbedding of the vectors at `path`, with its nearest-neighbour matrix
     computed for the words of `texts` (the task's words: the only ones an attack swaps)."""
+    needed = frozenset(w for text in texts for w in text.lower().split())
     mtime = os.path.getmtime(path) if os.path.isfile(path) else 0.0  # a missing file: read says so
-    return _word_embedding(str(path), mtime, task_words(texts), k)
-
-
-# `embedding = "counter-fitted:<constraints folder>"`: GloVe 6B 50d counter-fitted to that folder's
-# constraints (benchmark.data.counterfit), computed once and cached.
-COUNTER_FITTED = "counter-fitted:"
-
-
-@functools.lru_cache(maxsize=2)
-def _counter_fitted_embedding(folder: str, cache_dir: str, words_needed: frozenset, k: int):
-    from benchmark.data.counterfit import counter_fitted_vectors
-
-    words, vectors = counter_fitted_vectors(folder, cache_dir)
-    single = [i for i, w in enumerate(words) if WORD.fullmatch(w)]  # as read_word_vectors keeps them
-    return embedding_of([words[i] for i in single], vectors[single], words_needed, k)
-
-
-def counter_fitted_embedding(folder: str, cache_dir, texts, k: int):
-    """A TextAttack WordEmbedding of counter-fitted GloVe 6B 50d (the constraints in `folder`,
-    cached under `cache_dir`), its neighbour matrix computed for the words of `texts`."""
-    if not folder:
-        raise UsageError(f"embedding = '{COUNTER_FITTED}<folder>' needs the counter-fitting "
-                         f"constraints folder after the colon, e.g. "
-                         f"'{COUNTER_FITTED}../shared/data/counter-fitting'")
-    return _counter_fitted_embedding(str(folder), str(cache_dir), task_words(texts), k)
+    return _word_embedding(str(path), mtime, needed, k)
 
 
 # ---- sentence encoders ----

@@ -11,11 +11,47 @@ sentence constraint is TextFooler's (angular similarity >= 0.8408 over 15-word w
 encoder named by `sentence_encoder`. TextFooler's part-of-speech check is not applied: its tagger
 is a download.
 """
+import functools
+
+import numpy as np
+
 from attacks.text.common import (TEXTATTACK_DEFAULTS, TextAttackRecipe, base_constraints,
                                  describe_budget, goal_function)
 from benchmark.errors import UsageError
 from benchmark.registry import register_attack
 from benchmark.textattack_env import import_textattack
+
+# `embedding = "counter-fitted:<constraints folder>"`: GloVe 6B 50d counter-fitted to that folder's
+# constraints (benchmark.data.counterfit), computed once and cached.
+COUNTER_FITTED = "counter-fitted:"
+
+
+@functools.lru_cache(maxsize=2)
+def _counter_fitted_embedding(folder: str, cache_dir: str, words_needed: frozenset, k: int):
+    from textattack.shared import WordEmbedding
+
+    from attacks.text.resources import nearest_neighbours
+    from benchmark.data.counterfit import counter_fitted_vectors
+    from benchmark.data.real import WORD
+
+    words, vectors = counter_fitted_vectors(folder, cache_dir)
+    single = [i for i, w in enumerate(words) if WORD.fullmatch(w)]  # as read_word_vectors keeps them
+    words, vectors = [words[i] for i in single], vectors[single]
+    word2index = {w: i for i, w in enumerate(words)}
+    rows = np.array(sorted(word2index[w] for w in words_needed if w in word2index), dtype=np.int64)
+    return WordEmbedding(vectors, word2index, dict(enumerate(words)),
+                         nn_matrix=nearest_neighbours(vectors, rows, k))
+
+
+def counter_fitted_embedding(folder: str, cache_dir, texts, k: int):
+    """A TextAttack WordEmbedding of GloVe 6B 50d counter-fitted to the constraints in `folder`
+    (cached under `cache_dir`), its nearest-neighbour matrix computed for the words of `texts`."""
+    if not folder:
+        raise UsageError(f"embedding = '{COUNTER_FITTED}<folder>' needs the counter-fitting "
+                         f"constraints folder after the colon, e.g. "
+                         f"'{COUNTER_FITTED}../shared/data/counter-fitting'")
+    words_needed = frozenset(w for text in texts for w in text.lower().split())
+    return _counter_fitted_embedding(str(folder), str(cache_dir), words_needed, k)
 
 
 @register_attack("textfooler", modality="text", threat="word_sub")
@@ -44,8 +80,6 @@ class TextFooler(TextAttackRecipe):
         if c["embedding"] is None:
             source = f"candidates: the task's substitution table (first {c['max_candidates']})"
         else:
-            from attacks.text.resources import COUNTER_FITTED
-
             vectors = c["embedding"]
             if vectors.startswith(COUNTER_FITTED):
                 vectors = (f"GloVe 6B 50d counter-fitted (Mrksic et al. 2016) to the constraints in "
@@ -58,8 +92,7 @@ class TextFooler(TextAttackRecipe):
 
     def prepare(self, task, context):
         import_textattack()
-        from attacks.text.resources import (COUNTER_FITTED, counter_fitted_embedding, table_word_swap,
-                                            word_embedding)
+        from attacks.text.resources import table_word_swap, word_embedding
 
         c = self.config
         if c["embedding"] is None:
