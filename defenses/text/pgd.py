@@ -13,8 +13,8 @@ Defaults: K = 10 (the papers' PGD-10); step size, start and ball are the RanMASK
 adv_max_norm 0.05, l2), since neither paper prints them. The reference also clips gradients to
 norm 1 and trains RoBERTa with AdamW; here the suite's training loop (Adam, `lr`) is used. The ball
 is in the model's own embedding units: a TextCNN trained from scratch has embeddings of norm about
-8 per token (N(0, 1) initialisation, 64 dimensions), RoBERTa's about 1, so the same `max_norm` is a
-far smaller perturbation relative to the embeddings there.
+8 per token (N(0, 1) initialisation, 64 dimensions), the pretrained MiniLM's have about 1.1, so the
+same `max_norm` is a far smaller perturbation relative to a TextCNN's embeddings.
 
 Works with any text model that exposes its input embeddings (`embedding`, `forward_embeddings`,
 `tokenizer`: textcnn, bilstm, hf); the deployed model is the trained classifier (argmax).
