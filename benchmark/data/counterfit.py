@@ -25,8 +25,11 @@ constraints folder (`../shared/data/counter-fitting/`: PPDB synonyms, PPDB and W
 the paper's 76,426-word vocabulary). As in the paper, only the vocabulary's words are
 counter-fitted and kept: the 71,815 of them that GloVe 6B has. The result is cached under
 `<cache_dir>/counter-fitted/` by the content hash of the vectors, the constraint files, the
-parameters and this module's source, so a second call reads it back (about a minute on one core
-the first time, most of it finding the VSP neighbourhoods).
+parameters and this module's source, so a second call reads it back (about 25 s on one core the
+first time, most of it finding the 122,008 directed VSP pairs among the 71,815 words).
+
+Measured on SimLex-999 (Spearman rho between its scores and the cosine similarities, on the 974
+of its 999 pairs whose words are in the vocabulary): 0.273 for GloVe 6B 50d, 0.396 counter-fitted.
 """
 from __future__ import annotations
 
