@@ -106,7 +106,7 @@ class CausalLM:
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(name_or_path)
             self.model = AutoModelForCausalLM.from_pretrained(name_or_path).to(device).eval()
-        except OSError as error:
+        except (OSError, ValueError) as error:  # not found, or not a valid hub name offline
             raise UsageError(f"onion: language model {name_or_path!r} could not be loaded ({error}); "
                              f"offline, pass a folder saved with save_pretrained, or use "
                              f"language_model = {KNESER_NEY!r}") from error

@@ -151,6 +151,10 @@ class Rap:
     defaults = {**TRAIN_DEFAULTS, "rap_word": "cf", "rap_epochs": 5, "rap_batch_size": 32,
                 "rap_lr": 1e-2, "u_low": 0.1, "u_up": 0.3, "scale": 1.0, "gradient": "fresh",
                 "frr": 0.01, "n_reference": 200}
+    # The perturbation and the threshold act on a trained model: entries differing only in them
+    # share its weights.
+    inference_keys = ("rap_word", "rap_epochs", "rap_batch_size", "rap_lr", "u_low", "u_up", "scale",
+                      "gradient", "frr")
 
     @staticmethod
     def check(config: dict) -> None:
