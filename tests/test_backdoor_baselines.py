@@ -67,13 +67,16 @@ class TriggerDetector(nn.Module):
 
 def test_kneser_ney_is_a_probability_distribution_over_the_vocabulary(toy):
     task, _, _ = toy
-    lm = KneserNeyLM(task.train.xs[:300], order=3)
+    lm = KneserNeyLM(list(task.train.xs[:300]) + ["the plot was quixotic", "a zebra film"], order=3)
     words = sorted(lm.vocabulary) + [UNK, EOS]
     for history in [(BOS, BOS), (BOS, "the"), ("the", "plot"), ("never", "seen")]:
         total = sum(lm.probability(word, history) for word in words)
         assert total == pytest.approx(1.0, abs=1e-9), history
-    # a word never seen in training is scored as <unk>; a seen continuation beats an unseen one
-    assert lm.probability(UNK, ("the", "plot")) > 0
+    # a word never seen in training gets <unk>'s mass shared by the unknown word types
+    assert lm.unknown_types == 2  # quixotic and zebra: seen once
+    assert lm.word_probability(UNK, ("the", "plot")) == pytest.approx(
+        lm.probability(UNK, ("the", "plot")) / lm.unknown_types)
+    assert lm.perplexities(["the plot was zzz"])[0] > lm.perplexities(["the plot was good"])[0]
     sentence, scrambled = "the plot was good", "good was plot the"
     assert lm.perplexities([sentence])[0] < lm.perplexities([scrambled])[0]
 

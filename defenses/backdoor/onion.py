@@ -16,7 +16,8 @@ Language model (`language_model`, named in the row's parameters; the suites name
   Kneser-Ney smoothing (Chen and Goodman 1998, one absolute discount `discount`), fitted here on the
   task's clean training texts (the split's texts before poisoning, `clean_xs`: a stand-in for the
   clean web text GPT-2 learned from, without the trigger), lower-cased; words seen once become
-  <unk>. No pretrained causal language model is available offline on this machine, so this is not
+  <unk>, whose probability is shared equally by that many unknown word types when a text is
+  scored (an unseen word, a trigger among them, is as unlikely as a word seen once). No pretrained causal language model is available offline on this machine, so this is not
   GPT-2 ONION: its perplexities come from a few thousand sentences of the task's own domain.
 - any other value: a Hugging Face causal language model by hub name or local folder through
   transformers, e.g. "gpt2", the paper's (GPT-2 small); the text is scored after the model's
@@ -54,6 +55,7 @@ class KneserNeyLM:
         self.order, self.discount = order, discount
         words = Counter(word for text in texts for word in text.lower().split())
         self.vocabulary = {word for word, count in words.items() if count > 1}
+        self.unknown_types = max(len(words) - len(self.vocabulary), 1)
         self.vocabulary_size = len(self.vocabulary) + 2  # with <unk> and </s>
         # counts[k][(history, word)] for k-grams (history of k - 1 words): counts at the highest
         # order, continuation counts below it.
@@ -87,11 +89,17 @@ class KneserNeyLM:
                            + self.discount * self.types[k][context] * probability) / total
         return probability
 
+    def word_probability(self, word: str, history: tuple) -> float:
+        """The probability of this word: <unk>'s mass is shared by the unknown word types (as many
+        as the training words seen once), so an unseen word is as unlikely as a rare one."""
+        probability = self.probability(word, history)
+        return probability / self.unknown_types if word == UNK else probability
+
     def perplexities(self, texts: Sequence[str]) -> np.ndarray:
         """exp of the mean negative log-probability of each text's words and its </s>."""
         result = []
         for text in texts:
-            logs = [math.log(self.probability(word, history))
+            logs = [math.log(self.word_probability(word, history))
                     for history, word in self.ngrams(text.lower().split(), self.order)]
             result.append(math.exp(-sum(logs) / len(logs)))
         return np.asarray(result)
