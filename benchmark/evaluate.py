@@ -141,6 +141,10 @@ def build_defended(cell: Cell, task, cache_dir: Path, device: torch.device | Non
     config = {**getattr(entry.obj, "omitted_at_default", {}), **cell.defense.params}
     defended = entry.obj().build(task, cell.model, config, context)
     check_defended(defended, entry, task)
+    if isinstance(getattr(defended, "module", None), torch.nn.Module):
+        # Deployed, the network is not trained further: attacks need gradients of the inputs
+        # only, and the weights' gradients were a fifth of a CiiV attack step.
+        defended.module.requires_grad_(False)
     _defended_models[kept] = defended
     while len(_defended_models) > DEFENDED_MODELS_KEPT:
         _defended_models.popitem(last=False)
