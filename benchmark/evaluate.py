@@ -60,8 +60,8 @@ class BuildContext:
         return self.cache_dir / f"{self.key}-{name}"
 
     def record_training(self, record: dict) -> None:
-        """Keep what training measured (e.g. the last epoch's mean loss) beside the weights, so a
-        model loaded from the cache still has it (training_record reads it)."""
+        """Keep what training measured (e.g. the last epoch's mean cross-entropy) beside the
+        weights, so a model loaded from the cache still has it (training_record reads it)."""
         path = self.path(TRAINING_RECORD)
         path.parent.mkdir(parents=True, exist_ok=True)
         partial = path.with_suffix(f".partial{os.getpid()}")
