@@ -78,6 +78,13 @@ def _cached_json(path: Path, compute: Callable[[], dict]) -> dict:
     return value
 
 
+def poison_data(poisoner) -> dict:
+    """The cache key's part for a poisoner that reads its texts from files (their checksums); empty
+    for one that computes them, so those keys stay as they were."""
+    checksums = poisoner.data_checksums()
+    return {"poison_files": checksums} if checksums else {}
+
+
 def poisoned_task(task: Task, spec: PoisonSpec, poisoner, cache_dir: Path, code: str) -> Task:
     """`task` with its training split poisoned by `poisoner` (cached by content hash); the split
     carries `poisoned` (the changed indices) and `clean_xs` (the texts before poisoning)."""
@@ -85,7 +92,8 @@ def poisoned_task(task: Task, spec: PoisonSpec, poisoner, cache_dir: Path, code:
     if params["target_label"] >= task.num_classes:
         raise UsageError(f"poisoner '{spec.name}': target_label {params['target_label']} is not a "
                          f"class of task '{task.name}' (0..{task.num_classes - 1})")
-    key = content_hash({"poison": spec.to_dict(), "train": task.train.checksum(), "code": code})
+    key = content_hash({"poison": spec.to_dict(), "train": task.train.checksum(), "code": code,
+                        **poison_data(poisoner)})
 
     def compute():
         split = poisoner.poison(task.train, params["rate"], params["target_label"], params["seed"])
@@ -109,7 +117,7 @@ def triggered_test(task: Task, spec: PoisonSpec, poisoner, indices: np.ndarray, 
     target = spec.params["target_label"]
     chosen = [int(i) for i in indices if task.test.ys[i] != target]
     key = content_hash({"poison": spec.to_dict(), "test": task.test.checksum(), "indices": chosen,
-                        "code": code})
+                        "code": code, **poison_data(poisoner)})
 
     def compute():
         texts = poisoner.trigger([task.test.xs[i] for i in chosen], spec.params["seed"])

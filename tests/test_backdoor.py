@@ -177,10 +177,13 @@ def test_paraphrase_poisoners_read_openbackdoor_files(tmp_path):
     wrong_target, _ = poisoner("synbkd", poisoned_dir=str(folder), target_label=0)
     with pytest.raises(UsageError, match="not the target label 0"):
         wrong_target.trigger([texts[-2]], seed=0)
+    # The same cache: the poisoned split's key covers the files' contents, so a file edited in
+    # place is read again (and here refused), never served from the cache.
     (folder / "train-poison.csv").write_text((folder / "train-poison.csv").read_text().rsplit("\n", 2)[0] + "\n")
-    short, short_spec = poisoner("synbkd", poisoned_dir=str(folder), target_label=1, rate=0.5)
+    short, short_spec = poisoner("synbkd", poisoned_dir=str(folder), target_label=1, rate=0.5,
+                                 label_mode="mixed")
     with pytest.raises(UsageError, match="has 39 rows but train-clean.csv has 40"):
-        backdoor.poisoned_task(task, short_spec, short, tmp_path / "cache2", "c")
+        backdoor.poisoned_task(task, short_spec, short, tmp_path / "cache", "c")
 
 
 # Backdoor cells end to end ------------------------------------------------------------------------

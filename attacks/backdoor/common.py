@@ -31,6 +31,11 @@ class TextPoisoner:
     def trigger(self, xs: Sequence[str], seed: int) -> list[str]:
         return self.transform(list(xs), np.random.default_rng(seed))
 
+    def data_checksums(self) -> dict:
+        """Checksums of the files the poisoner reads its poisoned texts from (none: it computes
+        them), for the poisoned splits' cache keys."""
+        return {}
+
     def describe(self) -> str:
         c = self.config
         return (f"{self.trigger_description()}; {c['label_mode']}-label poisoning of "

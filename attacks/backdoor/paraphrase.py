@@ -24,6 +24,8 @@ recorded as not run, with the reason.
 """
 from __future__ import annotations
 
+import hashlib
+
 from pathlib import Path
 
 import numpy as np
@@ -131,6 +133,14 @@ class ParaphrasePoisoner(TextPoisoner):
                      f"rule-based substitute is used")
 
     # Pre-poisoned files ---------------------------------------------------------------------
+    def data_checksums(self) -> dict:
+        """The pre-poisoned files by content: a file replaced in place makes new poisoned splits."""
+        if self.config["poisoned_dir"] is None:
+            return {}
+        folder = Path(self.config["poisoned_dir"])
+        return {path.name: hashlib.sha256(path.read_bytes()).hexdigest()
+                for path in sorted(folder.glob("*.csv"))}
+
     def _from_files(self, texts: list[str], split: str) -> list[str]:
         if split not in self._pairs:
             self._pairs[split] = read_poisoned_pairs(Path(self.config["poisoned_dir"]), split,
