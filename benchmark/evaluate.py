@@ -102,11 +102,11 @@ def source_hash(*objects) -> str:
 
 def build_cache_key(cell: Cell, task) -> str:
     """A defense may name `inference_keys` (config keys that do not shape training: sample counts,
-    ensembling) so entries differing only in those share trained weights, and `cache_sources`
-    (modules besides its own whose source shapes training)."""
+    ensembling) so entries differing only in those share trained weights. The code part covers
+    every local module the defense and model import (`source_hash`)."""
     defense = DEFENSES.get(cell.defense.name).obj
     model = MODELS.get(cell.model.name).obj
-    code = source_hash(defense, model, set_seed, *getattr(defense, "cache_sources", ()))
+    code = source_hash(defense, model, set_seed)
     skip = set(getattr(defense, "inference_keys", ()))
     shaping = {"name": cell.defense.name,
                "params": {k: v for k, v in cell.defense.params.items() if k not in skip}}

@@ -95,7 +95,6 @@ def lower_pvalue(a: dict, b: dict) -> tuple[float, str]:
     return float(fisher_exact(table, alternative="less").pvalue), "Fisher exact, unpaired"
 
 
-
 def stratified_sign_test(strata: list[tuple[int, int]]) -> float:
     """One-sided exact p-value that `wins` exceed `losses` over strata of paired examples, each
     stratum a (wins, losses) count of its discordant pairs (one training seed's McNemar table).

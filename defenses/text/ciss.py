@@ -228,7 +228,6 @@ class CISS:
 
     defaults = {**TRAIN_DEFAULTS, **CISS_DEFAULTS}
     inference_keys = INFERENCE_KEYS
-    cache_sources = (intervals,)
 
     def build(self, task, model_spec, config, context):
         self.check(config, task)

@@ -50,7 +50,6 @@ class FreeLB:
     """FreeLB: K ascent steps on word embeddings, parameter gradients accumulated over all K."""
 
     defaults = {**TRAIN_DEFAULTS, **FREELB_DEFAULTS}
-    cache_sources = (pgd,)
 
     def build(self, task, model_spec, config, context):
         pgd.check_perturbation_config(config, "freelb")

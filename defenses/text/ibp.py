@@ -83,7 +83,6 @@ class IBP:
     """IBP (Jia et al. 2019): certified training of a CNN over word-substitution boxes, exact certificate."""
 
     defaults = {**TRAIN_DEFAULTS, **IBP_DEFAULTS}
-    cache_sources = (intervals,)
 
     def build(self, task, model_spec, config, context):
         check_ibp_config(config)

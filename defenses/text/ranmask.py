@@ -202,7 +202,6 @@ class RanMASK:
     # masked_lm (masking = "lm" only): None for the suite's small masked LM trained on the task's
     # training text (as for BERT-Attack), or a hub name / local folder (the seed: roberta-base).
     inference_keys = smoothing.SMOOTHING_INFERENCE_KEYS + ("beta", "beta_draws", "masking", "masked_lm")
-    cache_sources = (smoothing,)
 
     @staticmethod
     def certificate_threat(config: dict) -> str:

@@ -101,7 +101,6 @@ class SAFER:
 
     defaults = {**TRAIN_DEFAULTS, **smoothing.SMOOTHING_DEFAULTS, "set_size": 100}
     inference_keys = smoothing.SMOOTHING_INFERENCE_KEYS
-    cache_sources = (smoothing, stats)
 
     def build(self, task, model_spec, config, context):
         smoothing.check_smoothing_config(config, "safer")

@@ -42,7 +42,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-import defenses.vision.common as common
 from benchmark.defended import ClassifierModel
 from benchmark.errors import UsageError
 from benchmark.registry import register_defense
@@ -272,7 +271,6 @@ class CausalAdvTrainer:
 
 class _CausalAdv:
     mode = "m"
-    cache_sources = (common,)
     # beta: the paper's weight of the natural style term (Eq. 11); trades_beta: TRADES' weight of
     # the KL term (-T). detach_target (reference objective): the style term aligns the adversarial
     # style prediction with the natural one held fixed (True), or also moves the natural one

@@ -30,8 +30,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-import defenses.vision.common as common
-import defenses.vision.mixup as mixup_module
 from benchmark.errors import UsageError
 from benchmark.registry import register_defense
 from defenses.vision.common import TRAIN_OPTIONS, RandomizedImageModel, as_tensor, train_defended
@@ -170,7 +168,6 @@ def channel_statistics(xs: np.ndarray, normalize: bool):
 
 
 class _CiiVBase:
-    cache_sources = (common, mixup_module)
     mixup = False
     # loops: retinotopic loops in training and inference (9 centres); num_samples N; omega;
     # normalize: standardise by the training set's channel mean / std first (the reference's

@@ -2,7 +2,6 @@
 l-inf PGD example (random start uniform in the ball)."""
 import torch.nn.functional as F
 
-import defenses.vision.common as common
 from benchmark.defended import ClassifierModel
 from benchmark.registry import register_defense
 from defenses.vision.common import (ADVERSARIAL_OPTIONS, OMITTED_AT_DEFAULT, TRAIN_OPTIONS,
@@ -27,7 +26,6 @@ class Madry:
     """PGD adversarial training (Madry et al. 2018): l-inf eps, `steps` PGD steps, random start."""
 
     # step_size None = 2.5 * eps / steps (Madry's rule); CIFAR recipe: eps 8/255, 10 x 2/255.
-    cache_sources = (common,)
     defaults = {**TRAIN_OPTIONS, **ADVERSARIAL_OPTIONS}
     omitted_at_default = OMITTED_AT_DEFAULT
 

@@ -4,7 +4,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-import defenses.vision.common as common
 from benchmark.defended import ClassifierModel
 from benchmark.registry import register_defense
 from defenses.vision.common import TRAIN_OPTIONS, train_defended
@@ -29,7 +28,6 @@ def mixup_loss(alpha: float):
 class Mixup:
     """mixup training (Zhang et al. 2018), lambda ~ Beta(alpha, alpha), alpha = 1."""
 
-    cache_sources = (common,)
     defaults = {**TRAIN_OPTIONS, "alpha": 1.0}
 
     def build(self, task, model_spec, config, context):

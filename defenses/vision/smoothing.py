@@ -12,7 +12,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-import defenses.vision.common as common
 from benchmark.certify import certify, gaussian_radius, predict
 from benchmark.errors import UsageError
 from benchmark.interfaces import ABSTAIN, Certificate
@@ -105,7 +104,6 @@ class SmoothedClassifier(RandomizedImageModel):
 class RandomizedSmoothing:
     """Gaussian randomized smoothing (Cohen et al. 2019): noise training, PREDICT, CERTIFY (l2)."""
 
-    cache_sources = (common,)
     # sigma: noise level in training and certification; n0 / n: CERTIFY's selection and
     # estimation samples (Cohen: 100 / 100,000); n_predict, alpha_predict: PREDICT's samples and
     # test level (Cohen: 100 and 0.001 in their prediction experiments).

@@ -4,7 +4,6 @@ KL in the l-inf ball (start 0.001 * N(0, 1), as the reference code)."""
 import torch
 import torch.nn.functional as F
 
-import defenses.vision.common as common
 from benchmark.defended import ClassifierModel
 from benchmark.registry import register_defense
 from defenses.vision.common import (ADVERSARIAL_OPTIONS, OMITTED_AT_DEFAULT, TRAIN_OPTIONS,
@@ -36,7 +35,6 @@ def trades_loss(budget: AttackBudget, steps: int, beta: float,
 class Trades:
     """TRADES (Zhang et al. 2019): CE(natural) + beta * KL(natural || adversarial), beta = 6."""
 
-    cache_sources = (common,)
     defaults = {**TRAIN_OPTIONS, **ADVERSARIAL_OPTIONS, "beta": 6.0}
     omitted_at_default = OMITTED_AT_DEFAULT
 
