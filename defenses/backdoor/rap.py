@@ -43,6 +43,7 @@ from benchmark.interfaces import ABSTAIN
 from benchmark.models.text import UNK, WordTokenizer
 from benchmark.registry import register_defense
 from benchmark.train import TRAIN_DEFAULTS, fit
+from defenses.backdoor.strip import hold_out_reference
 
 GRADIENTS = ("fresh", "accumulated")
 
@@ -183,17 +184,11 @@ class Rap:
             raise UsageError("rap: the training split carries no poisoned examples, so there is no "
                              "protect label; RAP runs in backdoor cells (a poisoner's target)")
         label = int(task.train.ys[poisoned[0]])
-        clean = np.setdiff1d(np.arange(len(task.train)), poisoned)
-        if config["n_reference"] >= len(clean):
-            raise UsageError(f"rap: n_reference = {config['n_reference']} leaves no clean training "
-                             f"example to train on ({len(clean)} clean)")
-        reference = np.sort(np.random.default_rng([context.seed, 1]).choice(
-            clean, size=config["n_reference"], replace=False))
+        reference, train = hold_out_reference(task, config["n_reference"], context.seed, "rap")
         protect = [task.train.xs[i] for i in reference if task.train.ys[i] == label]
         if not protect:
             raise UsageError(f"rap: none of the {config['n_reference']} reference texts has the "
                              f"protect label {label}; raise n_reference")
-        train = task.train.subset(np.setdiff1d(np.arange(len(task.train)), reference), "train")
         module = context.build_model(model_spec, dataclasses.replace(task, train=train))
         module = context.trained(module, lambda m: fit(
             m, train.xs, train.ys, epochs=config["epochs"], batch_size=config["batch_size"],

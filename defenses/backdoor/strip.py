@@ -39,6 +39,20 @@ def top_tfidf_words(texts: list[str]) -> list[list[str]]:
             for row in weights]
 
 
+def hold_out_reference(task, n_reference: int, seed: int, defense: str):
+    """A clean held-out set drawn from the training split: `n_reference` examples that were not
+    poisoned (the poisoned split's `poisoned` indices), seeded. Returns their indices (sorted) and
+    the training split without them, which the defense trains on."""
+    poisoned = set(getattr(task.train, "poisoned", []))
+    clean = [i for i in range(len(task.train)) if i not in poisoned]
+    if n_reference >= len(clean):
+        raise UsageError(f"{defense}: n_reference = {n_reference} leaves no clean training example "
+                         f"to train on ({len(clean)} clean)")
+    reference = np.sort(np.random.default_rng([seed, 1]).choice(clean, size=n_reference,
+                                                                 replace=False))
+    return reference, task.train.subset(np.setdiff1d(np.arange(len(task.train)), reference), "train")
+
+
 class StripModel(ClassifierModel):
     """The base classifier, rejecting inputs whose perturbed copies it classifies with low entropy."""
 
@@ -85,15 +99,7 @@ class Strip:
     def build(self, task, model_spec, config, context):
         if not 0 < config["frr"] < 1 or not 0 < config["swap_ratio"] <= 1 or config["repeat"] < 1:
             raise UsageError("strip: frr must be in (0, 1), swap_ratio in (0, 1], repeat >= 1")
-        poisoned = set(getattr(task.train, "poisoned", []))
-        clean = [i for i in range(len(task.train)) if i not in poisoned]
-        if config["n_reference"] >= len(clean):
-            raise UsageError(f"strip: n_reference = {config['n_reference']} leaves no clean "
-                             f"training example to train on ({len(clean)} clean)")
-        reference = np.sort(np.random.default_rng([context.seed, 1]).choice(
-            clean, size=config["n_reference"], replace=False))
-        rest = np.setdiff1d(np.arange(len(task.train)), reference)
-        train = task.train.subset(rest, "train")
+        reference, train = hold_out_reference(task, config["n_reference"], context.seed, "strip")
         trained_on = dataclasses.replace(task, train=train)
         module = context.build_model(model_spec, trained_on)
         module = context.trained(module, lambda m: fit(
