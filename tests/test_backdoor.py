@@ -219,7 +219,7 @@ defense = "vanilla"
 cells = ["backdoor"]
 [defenses.crowd]
 cells = ["backdoor"]
-params = {{ similarity = "vectors", vectors_path = "{vectors}", n_predict = 20, n_select = 10, n_certify = 60 }}
+params = {{ similarity = "vectors", vectors_path = "{vectors}", predict_samples = 20, certify_n0 = 10, certify_n = 60 }}
 [poisoners.badnets]
 params = {{ rate = 0.2, target_label = 1 }}
 [poisoners.synbkd]
@@ -356,7 +356,7 @@ def exact_vote_share(smoother, text):
 def test_crowd_certificates_hold_for_every_substitution_sampled():
     smoother = BetaWeightedSmoother(CERTIFY_CANDIDATES, others(CERTIFY_CANDIDATES), grid=2048)
     model = CrowdModel(GoodDetector(), 2, smoother,
-                       {"n_predict": 200, "n_select": 100, "n_certify": 4000})
+                       {"predict_samples": 200, "certify_n0": 100, "certify_n": 4000})
     texts = ["good good good good film", "good good good good good good good film", "good film",
              "film film", "nice fine good good good film"]
     labels = np.array([1, 1, 1, 0, 1])

@@ -89,6 +89,9 @@ SUITES = [
      ["unknown protocol key 'examples'", "valid:"]),
     ("unknown defense parameter", digits_with("[defenses.vanilla]", "[defenses.vanilla]\nparams = { epoch = 3 }"),
      ["[defenses.vanilla]", "unknown parameter(s) epoch", "valid parameters:"]),
+    ("randomized smoothing's former sample-count names", digits_with(
+        "[defenses.vanilla]", "[defenses.randomized-smoothing]\nparams = { n0 = 64, n = 500 }"),
+     ["[defenses.randomized-smoothing]", "unknown parameter(s) n, n0", "certify_n, certify_n0"]),
     # Typos that used to change the experiment silently, numbers out of range, misplaced messages.
     ("per_task naming an unknown task", digits_with("params = { eps = 0.1 }",
                                                     "params = { eps = 0.1 }\nper_task.digit = { eps = 0.3 }"),

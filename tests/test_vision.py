@@ -360,7 +360,7 @@ def test_ciiv_trains_and_is_randomized(digits, tmp_path, name):
 
 def test_randomized_smoothing_certifies(digits, tmp_path):
     model = build_defense("randomized-smoothing", digits, tmp_path, epochs=3, lr=1e-2, sigma=0.25,
-                          n0=20, n=200, n_predict=50)
+                          certify_n0=20, certify_n=200, predict_samples=50)
     assert isinstance(model, Randomized) and model.unit == "l2"
     xs, ys = digits.test.xs[:20], digits.test.ys[:20]
     torch.manual_seed(0)
@@ -430,7 +430,7 @@ train = { epochs = 3, lr = 3e-3 }
 [defenses.madry]
 params = { eps = 0.2, steps = 2 }
 [defenses.randomized-smoothing]
-params = { n0 = 16, n = 100, n_predict = 16 }
+params = { certify_n0 = 16, certify_n = 100, predict_samples = 16 }
 [attacks.fgsm]
 params = { eps = 0.2 }
 [attacks.pgd]
@@ -618,7 +618,7 @@ def test_autoattack_rand_is_the_reference_version_for_randomized_defenses(digits
     with pytest.raises(UsageError, match="draws does not apply to version = 'rand'"):
         make_attack("autoattack", version="rand", draws=4)
     smoothed = build_defense("randomized-smoothing", digits, tmp_path, epochs=5, lr=3e-3,
-                             n_predict=20, alpha_predict=0.1)
+                             predict_samples=20, predict_alpha=0.1)
     right = np.flatnonzero(smoothed.predict(digits.test.xs[:40]) == digits.test.ys[:40])[:4]
     assert len(right)
     xs, ys = digits.test.xs[right], digits.test.ys[right]

@@ -56,9 +56,9 @@ vocabulary and the Beta rule are part of the certificate's threat-model id (`cer
 
 Training: the base classifier sees a fresh randomisation of every (poisoned) training text each
 time it is drawn, so every epoch trains on freshly randomised data. Prediction: majority vote of
-`n_predict` randomised copies. Certification: Cohen et al.'s CERTIFY (the top class of `n_select`
-copies, its probability bounded below from `n_certify` others by the one-sided Clopper-Pearson bound)
-with a total-variation bound that holds for the distribution sampled here:
+`predict_samples` randomised copies. Certification: Cohen et al.'s CERTIFY (the top class of
+`certify_n0` copies, its probability bounded below from `certify_n` others by the one-sided
+Clopper-Pearson bound) with a total-variation bound that holds for the distribution sampled here:
 
 - the probability q_w(k) that the reference rule picks candidate k is
   q_w(k) = integral_0^1 prod_{l != k} F(min(s_k F^-1(t) / s_l, 1)) dt  (F the fitted Beta CDF),
@@ -323,10 +323,10 @@ class CrowdModel(ClassifierModel):
         return np.bincount(votes, minlength=self.num_classes)
 
     def probs(self, xs) -> np.ndarray:
-        """Vote shares of `n_predict` randomised copies (the global numpy state seeds them, which
-        the evaluator sets per batch)."""
+        """Vote shares of `predict_samples` randomised copies (the global numpy state seeds them,
+        which the evaluator sets per batch)."""
         rng = np.random.default_rng(np.random.randint(2**31))
-        n = self.config["n_predict"]
+        n = self.config["predict_samples"]
         return np.stack([self._counts(x, n, rng) / n for x in xs]) if len(xs) else \
             np.zeros((0, self.num_classes))
 
@@ -337,7 +337,7 @@ class CrowdModel(ClassifierModel):
 
     def certify(self, xs, ys, alpha: float, seed: int) -> list[Certificate]:
         rng = np.random.default_rng(seed)
-        n0, n = self.config["n_select"], self.config["n_certify"]
+        n0, n = self.config["certify_n0"], self.config["certify_n"]
         certificates = []
         for text, label in zip(xs, ys):
             guess = int(self._counts(text, n0, rng).argmax())
@@ -361,7 +361,7 @@ class Crowd:
     defaults = {**TRAIN_DEFAULTS, "similarity": "minilm", "vectors_path": None,
                 "vocabulary": "paper", "beta_rule": "reference", "candidates": "table",
                 "threshold": 0.65, "set_size": 100, "include_word": True,
-                "n_predict": 100, "n_select": 50, "n_certify": 1000, "tv_grid": 512}
+                "predict_samples": 100, "certify_n0": 50, "certify_n": 1000, "tv_grid": 512}
 
     @staticmethod
     def certificate_threat(config: dict) -> str:

@@ -2,9 +2,10 @@
 
 The base classifier is trained on inputs with Gaussian noise N(0, sigma^2 I) added; the smoothed
 classifier g(x) = argmax_c P(f(x + delta) = c) is deployed through PREDICT (abstains unless a
-binomial test separates the top two classes) and certified through CERTIFY (n0 selection votes,
-n estimation votes, one-sided Clopper-Pearson bound at alpha, radius sigma * Phi^-1(p_lower)), both
-from benchmark.certify. Certificates are l2 radii in the pixel units of [0, 1] images.
+binomial test separates the top two classes) and certified through CERTIFY (certify_n0 selection
+votes, certify_n estimation votes, one-sided Clopper-Pearson bound at alpha, radius
+sigma * Phi^-1(p_lower)), both from benchmark.certify. Certificates are l2 radii in the pixel units
+of [0, 1] images.
 """
 from __future__ import annotations
 
@@ -31,14 +32,14 @@ class SmoothedClassifier(RandomizedImageModel):
     unit = "l2"
     surrogate = "the base classifier on one Gaussian draw x + N(0, sigma^2)"
 
-    def __init__(self, module, num_classes: int, sigma: float, n0: int, n: int, n_predict: int,
-                 alpha_predict: float, noise_batch: int = 4096):
-        super().__init__(module, num_classes, prob_samples=n_predict)
+    def __init__(self, module, num_classes: int, sigma: float, certify_n0: int, certify_n: int,
+                 predict_samples: int, predict_alpha: float, noise_batch: int = 4096):
+        super().__init__(module, num_classes, prob_samples=predict_samples)
         self.sigma = sigma
-        self.n0, self.n, self.n_predict = n0, n, n_predict
-        self.alpha_predict = alpha_predict
+        self.certify_n0, self.certify_n = certify_n0, certify_n
+        self.predict_samples, self.predict_alpha = predict_samples, predict_alpha
         self.noise_batch = noise_batch
-        self.decision_draws = n_predict
+        self.decision_draws = predict_samples
 
     def sample_logits(self, x):
         return self.module(x + self.sigma * torch.randn_like(x))
@@ -67,14 +68,14 @@ class SmoothedClassifier(RandomizedImageModel):
         return self.counts(as_tensor(xs, self.device), samples) / samples
 
     def probs(self, xs) -> np.ndarray:
-        """Vote frequencies over n_predict draws (the smoothed classifier's class scores)."""
-        return self.vote_frequencies(xs, self.n_predict)
+        """Vote frequencies over predict_samples draws (the smoothed classifier's class scores)."""
+        return self.vote_frequencies(xs, self.predict_samples)
 
     def predict(self, xs) -> np.ndarray:
         if not len(xs):
             return np.zeros(0, dtype=np.int64)
-        counts = self.counts(as_tensor(xs, self.device), self.n_predict)
-        return np.array([predict(c, self.alpha_predict) for c in counts], dtype=np.int64)
+        counts = self.counts(as_tensor(xs, self.device), self.predict_samples)
+        return np.array([predict(c, self.predict_alpha) for c in counts], dtype=np.int64)
 
     def vote_counts(self, xs, samples: int, seed: int, exact_limit: int = 0):
         """The base classifier's votes on `samples` Gaussian draws per image, seeded by `seed`
@@ -86,8 +87,8 @@ class SmoothedClassifier(RandomizedImageModel):
         torch.manual_seed(seed)
         out = []
         x = as_tensor(xs, self.device)
-        all_selection = self.counts(x, self.n0)
-        all_estimation = self.counts(x, self.n)
+        all_selection = self.counts(x, self.certify_n0)
+        all_estimation = self.counts(x, self.certify_n)
         for selection, estimation, label in zip(all_selection, all_estimation, ys):
             prediction, p_lower = certify(selection, estimation, alpha)
             abstained = prediction == ABSTAIN
@@ -95,7 +96,7 @@ class SmoothedClassifier(RandomizedImageModel):
             out.append(Certificate(prediction=int(prediction),
                                    certified=bool(not abstained and prediction == int(label)),
                                    radius=float(radius), unit=self.unit, abstained=abstained,
-                                   p_lower=p_lower, samples=self.n0 + self.n))
+                                   p_lower=p_lower, samples=self.certify_n0 + self.certify_n))
         return out
 
 
@@ -104,16 +105,20 @@ class SmoothedClassifier(RandomizedImageModel):
 class RandomizedSmoothing:
     """Gaussian randomized smoothing (Cohen et al. 2019): noise training, PREDICT, CERTIFY (l2)."""
 
-    # sigma: noise level in training and certification; n0 / n: CERTIFY's selection and
-    # estimation samples (Cohen: 100 / 100,000); n_predict, alpha_predict: PREDICT's samples and
-    # test level (Cohen: 100 and 0.001 in their prediction experiments).
-    defaults = {**TRAIN_OPTIONS, "sigma": 0.25, "n0": 100, "n": 100000, "n_predict": 100,
-                "alpha_predict": 0.001}
+    # sigma: noise level in training and certification; certify_n0 / certify_n: CERTIFY's
+    # selection and estimation samples (Cohen: n0 = 100, n = 100,000); predict_samples,
+    # predict_alpha: PREDICT's samples and test level (Cohen: 100 and 0.001 in their prediction
+    # experiments).
+    defaults = {**TRAIN_OPTIONS, "sigma": 0.25, "certify_n0": 100, "certify_n": 100000,
+                "predict_samples": 100, "predict_alpha": 0.001}
 
     def build(self, task, model_spec, config, context):
-        if config["sigma"] <= 0 or min(config["n0"], config["n"], config["n_predict"]) < 1:
-            raise UsageError("randomized-smoothing: need sigma > 0 and n0, n, n_predict >= 1")
+        if config["sigma"] <= 0 or min(config["certify_n0"], config["certify_n"],
+                                       config["predict_samples"]) < 1:
+            raise UsageError("randomized-smoothing: need sigma > 0 and certify_n0, certify_n, "
+                             "predict_samples >= 1")
         module = train_defended(task, model_spec, config, context, noise_loss(config["sigma"]),
                                 f"smoothing {task.name}")
-        return SmoothedClassifier(module, task.num_classes, config["sigma"], config["n0"],
-                                  config["n"], config["n_predict"], config["alpha_predict"])
+        return SmoothedClassifier(module, task.num_classes, config["sigma"], config["certify_n0"],
+                                  config["certify_n"], config["predict_samples"],
+                                  config["predict_alpha"])
