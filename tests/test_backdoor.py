@@ -23,7 +23,7 @@ from benchmark.registry import POISONERS
 from benchmark.specs import PoisonSpec
 from benchmark.store import Store
 from benchmark.suite import load_suite
-from defenses.backdoor.crowd import (BetaWeightedSmoother, CrowdModel, beta_weighted_choice,
+from defenses.backdoor.crowd import (BetaWeightedSmoother, Crowd, CrowdModel, beta_weighted_choice,
                                      build_candidates, fit_beta, pick_probability_bounds,
                                      vocabulary_words)
 
@@ -351,6 +351,12 @@ def exact_vote_share(smoother, text):
     for word in text.split():
         miss *= 1 - sum(smoother._bounds(word).get("good", (0.0, 0.0))) / 2
     return 1 - miss
+
+
+@pytest.mark.parametrize("key", ["predict_samples", "certify_n0", "certify_n"])
+def test_crowd_refuses_a_sample_count_below_one(key):
+    with pytest.raises(UsageError, match="crowd: need predict_samples, certify_n0 and certify_n >= 1"):
+        Crowd().build(None, None, {**Crowd.defaults, key: 0}, None)
 
 
 def test_crowd_certificates_hold_for_every_substitution_sampled():

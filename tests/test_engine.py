@@ -243,3 +243,32 @@ def test_a_process_builds_each_defended_model_once_per_deployment(tmp_path):
     logit = build_defended(cell("logit"), task, tmp_path)
     assert logit is not vote and (vote.config["ensemble"], logit.config["ensemble"]) == ("vote", "logit")
     assert len(list(tmp_path.glob("*-model.pt"))) == 1  # one training, shared through the cache
+
+
+@pytest.mark.parametrize("defense, task_name, model, counts, shaping", [
+    ("randomized-smoothing", "digits", "smallcnn", {"certify_n0": 10, "certify_n": 20,
+                                                    "predict_samples": 5, "predict_alpha": 0.01},
+     {"sigma": 0.5}),
+    ("crowd", "toy-sentiment", "textcnn", {"certify_n0": 10, "certify_n": 20, "predict_samples": 5},
+     {"set_size": 50}),
+])
+def test_sample_counts_share_one_trained_model(defense, task_name, model, counts, shaping):
+    """Sample counts are inference keys: entries differing only in them share a cache entry,
+    and a training setting does not."""
+    from benchmark.data import load_task
+    from benchmark.evaluate import build_cache_key
+    from benchmark.registry import DEFENSES
+    from benchmark.specs import Cell, DefenseSpec, ModelSpec, Protocol, TaskSpec
+    from benchmark.suite import resolve_config
+
+    task_spec = TaskSpec.make(task_name, {"seed": 0})
+    task = load_task(task_spec)
+
+    def key(params):
+        config = resolve_config(DEFENSES.get(defense).obj.defaults, params, defense)
+        return build_cache_key(Cell(task_spec, ModelSpec.make(model, {}),
+                                    DefenseSpec.make(defense, config), None, Protocol(), task_name,
+                                    defense), task)
+
+    assert key(counts) == key({})
+    assert key(shaping) != key({})

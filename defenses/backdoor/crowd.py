@@ -362,6 +362,8 @@ class Crowd:
                 "vocabulary": "paper", "beta_rule": "reference", "candidates": "table",
                 "threshold": 0.65, "set_size": 100, "include_word": True,
                 "predict_samples": 100, "certify_n0": 50, "certify_n": 1000, "tv_grid": 512}
+    # The sample counts do not shape training: entries differing only in them share one model.
+    inference_keys = ("predict_samples", "certify_n0", "certify_n")
 
     @staticmethod
     def certificate_threat(config: dict) -> str:
@@ -373,6 +375,8 @@ class Crowd:
         return f"crowd-{config['candidates']}-{similarity}-{content_hash(parts, 6)}"
 
     def build(self, task, model_spec, config, context):
+        if min(config["predict_samples"], config["certify_n0"], config["certify_n"]) < 1:
+            raise UsageError("crowd: need predict_samples, certify_n0 and certify_n >= 1")
         for key, valid in (("vocabulary", VOCABULARIES), ("beta_rule", BETA_RULES)):
             if config[key] not in valid:
                 raise UsageError(f"crowd: {key} must be one of {', '.join(valid)}, got "

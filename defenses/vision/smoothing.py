@@ -111,6 +111,9 @@ class RandomizedSmoothing:
     # experiments).
     defaults = {**TRAIN_OPTIONS, "sigma": 0.25, "certify_n0": 100, "certify_n": 100000,
                 "predict_samples": 100, "predict_alpha": 0.001}
+    # Sample counts and the prediction level do not shape training: entries differing only in
+    # them share one trained model.
+    inference_keys = ("certify_n0", "certify_n", "predict_samples", "predict_alpha")
 
     def build(self, task, model_spec, config, context):
         if config["sigma"] <= 0 or min(config["certify_n0"], config["certify_n"],
