@@ -67,6 +67,10 @@ def cell_metrics(outcomes: list[dict], has_attack: bool, unit: str | None = None
         metrics["attack_success_rate"] = rate(success.sum(), correct.sum(), REPORT_ALPHA).to_dict()
         metrics["mean_queries"] = _mean(queries[correct])
         metrics["mean_perturbation"] = _mean(perturbation[success])
+        shares = [extra["colour_block_share"] for extra in extras
+                  if extra.get("colour_block_share") is not None]
+        if shares:
+            metrics["colour_block_share"] = _mean(np.array(shares))
     certified = [o for o in outcomes if o["certified"] is not None]
     if certified:
         # An example counts when its certificate holds *and* the deployed prediction is right: a

@@ -68,6 +68,11 @@ _DECLARED = (
     Metric("mean_perturbation", "avg perturbation",
            "average size of the successful perturbations, in the attack's norm",
            "mean", 0, (ATTACK,)),
+    # Recorded per example by the pgd-block-share attack (CiiV, Figures 3 and 9).
+    Metric("colour_block_share", "colour-block share",
+           "average share of an adversarial perturbation's l1 size on Confounded-Toy's colour "
+           "blocks (the confounder) rather than its white shapes; lower: the attack had to change "
+           "the shapes", "mean", -1, (ATTACK,)),
     Metric("certified_accuracy", "certified acc %",
            "share of the n examples certified by the defense's certificate with a correct "
            "deployed prediction", "rate", +1, (CLEAN, BACKDOOR, MATRIX),

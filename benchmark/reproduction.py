@@ -3,7 +3,9 @@
 A claims file (`benchmark/claims/<suite>.toml`) lists, per claim, the paper's statement and
 figure, the metric, and two cells of the suite by their labels: `better`, the side the paper says
 wins, and `worse`. Each side is {task, defense, attack}; `attack` is an attack's or a poisoner's
-label, omitted for the clean cell. The cells are the suite's current ones (found by their content
+label, omitted for the clean cell. A **bound** claim names one side, `cell`, and a rate it stays
+under, `at_most` (e.g. accuracy under an unbounded attack, or the share of correct predictions a
+random-noise attack turns wrong). The cells are the suite's current ones (found by their content
 hash, so outcomes of an older configuration are never used), and every number comes from the store.
 
 The rule, stated once: a claim **holds** when the stored outcomes show the paper's direction by a
@@ -20,7 +22,11 @@ file says why not. Tests, per metric:
 - `certified_radius` (RanMASK's per-example certified robustness d, misclassified or abstained =
   -infinity as in MCB): one-sided Mann-Whitney U;
 - a claim with `margin` is a non-inferiority claim ("at a small cost"): `better`'s rate is not
-  below `worse`'s by `margin` or more, by the score test for two independent proportions.
+  below `worse`'s by `margin` or more, by the score test for two independent proportions;
+- a bound claim (`at_most`): the cell's rate is below the bound, by an exact one-sided binomial
+  test (with training seeds, every seed's test must reject: an intersection-union test);
+- `colour_block_share` (the share of a perturbation on Confounded-Toy's colour blocks, recorded per
+  example by the `pgd-block-share` attack): one-sided Mann-Whitney U, as for radii.
 
 A claim may name training `seeds`: each side is then its row for each seed (the defense entry's
 `seeds` in the suite: `label`, `label@seed1`, ...), and the rates are decided by an exact
@@ -50,8 +56,8 @@ from benchmark.errors import UsageError
 from benchmark.files import write_json, write_text
 from benchmark.leaderboard import TEMPLATES, certified_robustness
 from benchmark.metrics import metric
-from benchmark.stats import (lower_pvalue, median_interval, paired_changes, paired_power, rate,
-                             stratified_sign_test, stratum_heterogeneity)
+from benchmark.stats import (bound_pvalue, lower_pvalue, median_interval, paired_changes,
+                             paired_power, rate, stratified_sign_test, stratum_heterogeneity)
 from benchmark.store import Store
 from benchmark.suite import Suite, replicate_label
 
@@ -61,9 +67,12 @@ CLAIMS_DIR = Path(__file__).parent / "claims"
 # certified_radius compares RanMASK's per-example certified robustness, whose median is MCB.
 CLAIM_METRICS = {"clean_accuracy": "clean_accuracy", "robust_accuracy": "robust_accuracy",
                  "certified_accuracy": "certified_accuracy", "benign_accuracy": "benign_accuracy",
-                 "attack_success_rate": "attack_success_rate", "certified_radius": "mcb"}
+                 "attack_success_rate": "attack_success_rate", "certified_radius": "mcb",
+                 "colour_block_share": "colour_block_share"}
+# Metrics with a per-example value that is not 0/1: compared by rank (Mann-Whitney U), never paired.
+CONTINUOUS_METRICS = {"certified_radius", "colour_block_share"}
 CLAIM_KEYS = {"id", "paper", "statement", "paper_figure", "metric", "better", "worse", "margin",
-              "not_testable", "seeds", "paper_difference"}
+              "not_testable", "seeds", "paper_difference", "cell", "at_most"}
 SIDE_KEYS = {"task", "defense", "attack"}
 VERDICTS = ("holds", "does not hold", "underpowered here", "not testable here")
 # A test that does not reject decides "does not hold" only if it had this power to detect the
@@ -78,12 +87,18 @@ class Claim:
     statement: str
     paper_figure: str
     metric: str
-    better: dict
-    worse: dict
+    better: dict | None = None  # a bound claim has `cell` and `at_most` instead of better / worse
+    worse: dict | None = None
     margin: float | None = None
     not_testable: str | None = None
     seeds: tuple | None = None  # training seeds: each side is its suite row for each seed
     paper_difference: float | None = None  # the paper's better-minus-worse rate, for the power
+    cell: dict | None = None  # a bound claim's one side
+    at_most: float | None = None  # ... and the rate it stays under
+
+    @property
+    def sides(self) -> tuple[dict, ...]:
+        return (self.cell,) if self.at_most is not None else (self.better, self.worse)
 
 
 def claims_path(suite_name: str) -> Path:
@@ -100,7 +115,9 @@ def load_claims(path: Path) -> list[Claim]:
     for number, entry in enumerate(raw.get("claim", []), 1):
         at = f"{where}: claim {number}"
         unknown = set(entry) - CLAIM_KEYS
-        missing = {"id", "paper", "statement", "paper_figure", "metric", "better", "worse"} - set(entry)
+        bound = "at_most" in entry
+        sides = ("cell",) if bound else ("better", "worse")
+        missing = {"id", "paper", "statement", "paper_figure", "metric", *sides} - set(entry)
         if unknown or missing:
             raise UsageError(f"{at}: " + "; ".join(
                 ([f"unknown keys {sorted(unknown)}"] if unknown else [])
@@ -108,7 +125,16 @@ def load_claims(path: Path) -> list[Claim]:
                 + f" (valid keys: {sorted(CLAIM_KEYS)})")
         if entry["metric"] not in CLAIM_METRICS:
             raise UsageError(f"{at}: metric {entry['metric']!r} is not one of {sorted(CLAIM_METRICS)}")
-        for side in ("better", "worse"):
+        if bound and not {"better", "worse", "margin", "paper_difference"}.isdisjoint(entry):
+            raise UsageError(f"{at}: a bound claim (at_most) names one side, `cell`, and no "
+                             f"better / worse / margin / paper_difference")
+        if "cell" in entry and not bound:
+            raise UsageError(f"{at}: `cell` is a bound claim's side; give its bound, at_most")
+        if bound and (entry["metric"] in CONTINUOUS_METRICS or isinstance(entry["at_most"], bool)
+                      or not isinstance(entry["at_most"], (int, float)) or not 0 < entry["at_most"] < 1):
+            raise UsageError(f"{at}: at_most must be a rate in (0, 1) of a rate metric, got "
+                             f"{entry['at_most']!r} for {entry['metric']!r}")
+        for side in sides:
             if not isinstance(entry[side], dict) or not {"task", "defense"} <= set(entry[side]) \
                     or set(entry[side]) - SIDE_KEYS:
                 raise UsageError(f"{at}: {side} must be a table with task, defense and optionally "
@@ -131,8 +157,9 @@ def load_claims(path: Path) -> list[Claim]:
     return claims
 
 
-def _per_example(metric: str, outcomes: list[dict]) -> dict:
-    """example_index -> the claim's per-example outcome (bool, or a radius for certified_radius)."""
+def _per_example(metric: str, outcomes: list[dict], backdoor: bool) -> dict:
+    """example_index -> the claim's per-example outcome (bool, or a radius for certified_radius, a
+    share for colour_block_share). `backdoor`: the outcomes are a backdoor cell's."""
     def right(o):
         return o["clean_prediction"] == o["label"]
 
@@ -142,7 +169,13 @@ def _per_example(metric: str, outcomes: list[dict]) -> dict:
         return {o["example_index"]: right(o) and o["adversarial_prediction"] == o["label"]
                 for o in outcomes if o["adversarial_prediction"] is not None}
     if metric == "attack_success_rate":
-        return {o["example_index"]: bool(o["success"]) for o in outcomes if o["success"] is not None}
+        # A test-time attack's success rate is over the examples classified correctly before it
+        # (as the leaderboard counts it); a backdoor's over the triggered examples.
+        return {o["example_index"]: bool(o["success"]) for o in outcomes
+                if o["success"] is not None and (backdoor or right(o))}
+    if metric == "colour_block_share":
+        return {o["example_index"]: o["extra"]["colour_block_share"] for o in outcomes
+                if o["extra"].get("colour_block_share") is not None}
     certified = [o for o in outcomes if o["certified"] is not None]
     if metric == "certified_accuracy":
         return {o["example_index"]: bool(o["certified"]) and right(o) for o in certified}
@@ -150,6 +183,13 @@ def _per_example(metric: str, outcomes: list[dict]) -> dict:
 
 
 def _summary(metric: str, values: dict) -> str:
+    if metric == "colour_block_share":
+        array = np.array(list(values.values()), dtype=float)
+        if not len(array):
+            return "n/a (n=0)"
+        low, high = median_interval(array, ALPHA)
+        return (f"median {np.median(array):.3f} [{low:.3f}, {high:.3f}], mean {array.mean():.3f} "
+                f"(n={len(array)})")
     if metric == "certified_radius":
         array = np.array(list(values.values()), dtype=float)
         low, high = median_interval(array, ALPHA)
@@ -163,12 +203,14 @@ def _summary(metric: str, values: dict) -> str:
 def _test(claim: Claim, better: dict, worse: dict) -> tuple[float, float, str]:
     """(p-value in the paper's direction, p-value in the opposite one, the test's name)."""
     lower_is_better = metric(CLAIM_METRICS[claim.metric]).direction < 0
-    if claim.metric == "certified_radius":
-        # -infinity ranks below every radius; a finite stand-in keeps scipy's arithmetic finite
+    if claim.metric in CONTINUOUS_METRICS:
+        # -infinity (a radius' N/A) ranks below every radius; a finite stand-in keeps scipy's
+        # arithmetic finite (shares are never negative)
         a = np.maximum(np.array(list(better.values()), dtype=float), -1.0)
         b = np.maximum(np.array(list(worse.values()), dtype=float), -1.0)
-        forward = mannwhitneyu(a, b, alternative="greater").pvalue
-        backward = mannwhitneyu(a, b, alternative="less").pvalue
+        ahead, behind = ("less", "greater") if lower_is_better else ("greater", "less")
+        forward = mannwhitneyu(a, b, alternative=ahead).pvalue
+        backward = mannwhitneyu(a, b, alternative=behind).pvalue
         return float(forward), float(backward), "one-sided Mann-Whitney U"
     if claim.margin is not None:
         k1, n1, k2, n2 = sum(better.values()), len(better), sum(worse.values()), len(worse)
@@ -260,7 +302,7 @@ def _measure(claim: Claim, suite: Suite, store: Store, side: dict, seed: int | N
                                        f"not run yet ({status or 'not started'})"))
         return None
     outcomes = store.outcomes(cell.id)
-    values = _per_example(claim.metric, outcomes)
+    values = _per_example(claim.metric, outcomes, backdoor=cell.poison is not None)
     if not values:
         problems.append(f"{name} has no examples for {metric(CLAIM_METRICS[claim.metric]).label}")
         return cell, values
@@ -289,7 +331,7 @@ def _wins_losses(claim: Claim, better: dict, worse: dict) -> tuple[int, int, int
 def _power_note(claim: Claim, strata: list[tuple[int, int, int]]) -> tuple[float, str] | None:
     """(power, its description) of the paired test to detect the paper's difference at our n, for
     a rate claim that quotes one; None otherwise."""
-    if claim.paper_difference is None or claim.metric == "certified_radius" or claim.margin:
+    if claim.paper_difference is None or claim.metric in CONTINUOUS_METRICS or claim.margin:
         return None
     pairs = sum(shared for _, _, shared in strata)
     discordant = sum(w + l for w, l, _ in strata)
@@ -321,28 +363,45 @@ def _pooled(values: dict) -> dict:
 
 def _seed_summary(claim: Claim, values: dict) -> str:
     pooled = _summary(claim.metric, _pooled(values))
-    if claim.metric == "certified_radius":
+    if claim.metric in CONTINUOUS_METRICS:
         return pooled
     seeds = " / ".join(f"{100 * sum(v.values()) / len(v):.1f}" if v else "n/a" for v in values.values())
     return f"{pooled}; per seed {seeds}"
 
 
+def _bound_test(claim: Claim, values: dict) -> tuple[float, float, str]:
+    """A bound claim's test: (p-value that the rate is below the bound, p-value that it is above,
+    the test's description). Each training seed's exact one-sided binomial test; the largest
+    p-value over the seeds, so the claim holds only if every seed's rate is below the bound (an
+    intersection-union test, at level ALPHA)."""
+    counts = [(sum(by_index.values()), len(by_index)) for by_index in values.values()]
+    forward = max(bound_pvalue(k, n, claim.at_most, "less") for k, n in counts)
+    backward = max(bound_pvalue(k, n, claim.at_most, "greater") for k, n in counts)
+    test = f"exact one-sided binomial test against {100 * claim.at_most:g}%"
+    if claim.seeds:
+        test += f", every one of {len(counts)} training seeds (the largest p-value)"
+    return forward, backward, test
+
+
 def evaluate_claim(claim: Claim, suite: Suite, store: Store) -> dict:
+    bound = claim.at_most is not None
     row = {"id": claim.id, "paper": claim.paper, "statement": claim.statement,
            "paper_figure": claim.paper_figure, "metric": metric(CLAIM_METRICS[claim.metric]).label,
-           "better": _side_name(claim.better), "worse": _side_name(claim.worse),
+           "better": _side_name(claim.cell if bound else claim.better),
+           "worse": f"at most {100 * claim.at_most:g}%" if bound else _side_name(claim.worse),
            "ours_better": None, "ours_worse": None, "p_value": None}
     if claim.seeds:
         seeds_text = f" (training seeds {', '.join(map(str, claim.seeds))})"
         row["better"] += seeds_text
-        row["worse"] += seeds_text
+        if not bound:
+            row["worse"] += seeds_text
     if claim.not_testable:
         return {**row, "verdict": "not testable here", "detail": claim.not_testable}
     # Both sides are measured before deciding, so the table shows every figure the store has even
     # when one side makes the claim untestable.
     seeds = claim.seeds or (None,)
     values, cells, problems = {"better": {}, "worse": {}}, [], []
-    for key, side in (("better", claim.better), ("worse", claim.worse)):
+    for key, side in zip(("better", "worse"), claim.sides):
         for seed in seeds:
             measured = _measure(claim, suite, store, side, seed, problems)
             if measured is not None:
@@ -353,8 +412,10 @@ def evaluate_claim(claim: Claim, suite: Suite, store: Store) -> dict:
                                   else _summary(claim.metric, values[key][None]))
     if problems:
         return {**row, "verdict": "not testable here", "detail": "; ".join(problems)}
-    heterogeneity = None
-    if claim.seeds and claim.metric != "certified_radius" and claim.margin is None:
+    heterogeneity, strata = None, []
+    if bound:
+        forward, backward, test = _bound_test(claim, values["better"])
+    elif claim.seeds and claim.metric not in CONTINUOUS_METRICS and claim.margin is None:
         forward, backward, test, strata = _stratified(claim, values["better"], values["worse"])
         heterogeneity = stratum_heterogeneity([(w, l) for w, l, _ in strata])
     else:
@@ -398,7 +459,9 @@ def rule_text(table: dict) -> str:
     return (
         f"Rule: a claim holds when our outcomes show the paper's direction by a one-sided test "
         f"at level {table['alpha']} (exact McNemar on the shared examples for rates, Mann-Whitney U "
-        f"for certified radii, a score test against the stated margin for \"small cost\" claims); "
+        f"for certified radii and perturbation shares, a score test against the stated margin for "
+        f"\"small cost\" claims, an exact binomial test against the stated bound for \"at most\" "
+        f"claims, which with training seeds must reject for every seed); "
         f"a claim over training seeds pools each seed's discordant pairs in an exact stratified "
         f"sign test (the exact Cochran-Mantel-Haenszel test of matched pairs) and holds only if the "
         f"seeds also agree (a chi-square test of the seeds' win shares does not reject); "

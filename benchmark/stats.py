@@ -77,6 +77,12 @@ def sign_test(down: int, up: int, alternative: str = "two-sided") -> float:
     return float(binomtest(down, down + up, 0.5, alternative=alternative).pvalue)
 
 
+def bound_pvalue(successes: int, n: int, bound: float, alternative: str) -> float:
+    """Exact one-sided binomial p-value that the rate behind `successes` of `n` is below `bound`
+    (`alternative="less"`) or above it (`"greater"`)."""
+    return float(binomtest(successes, n, bound, alternative=alternative).pvalue)
+
+
 def lower_pvalue(a: dict, b: dict) -> tuple[float, str]:
     """One-sided p-value that the rate of `a` is below the rate of `b`, for per-example 0/1
     outcomes keyed by example index, and the test's name.

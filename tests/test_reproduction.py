@@ -3,10 +3,12 @@ a small suite file (nothing is trained: the outcomes are chosen so each verdict 
 committed real-cpu claims file against the real-cpu suite."""
 import numpy as np
 import pytest
+from scipy.stats import binomtest
 
 from benchmark.errors import UsageError
 from benchmark.reproduction import (build_reproduction, claims_path, load_claims,
                                     render_reproduction)
+from benchmark.stats import rate
 from benchmark.store import Store
 from benchmark.suite import load_suite
 
@@ -152,6 +154,92 @@ def test_malformed_claims_are_refused_with_the_fix(tmp_path):
         claims_file(tmp_path, '[[claim]]\nid = "x"\n')
     with pytest.raises(UsageError, match="better must be a table with task, defense"):
         claims_file(tmp_path, claim("x", "clean_accuracy", '"vanilla"', '{ task = "a", defense = "c" }'))
+    with pytest.raises(UsageError, match="at_most must be a rate in"):
+        claims_file(tmp_path, bound_claim("x", "robust_accuracy", '{ task = "a", defense = "b" }', 5))
+    with pytest.raises(UsageError, match="at_most must be a rate in"):
+        claims_file(tmp_path, bound_claim("x", "colour_block_share", '{ task = "a", defense = "b" }', 0.5))
+    with pytest.raises(UsageError, match="a bound claim .* names one side"):
+        claims_file(tmp_path, bound_claim("x", "robust_accuracy", '{ task = "a", defense = "b" }', 0.5)
+                    + 'worse = { task = "a", defense = "c" }\n')
+    with pytest.raises(UsageError, match="missing keys \\['cell'\\]"):
+        claims_file(tmp_path, '[[claim]]\nid = "x"\npaper = "P"\nstatement = "s"\n'
+                              'paper_figure = "f"\nmetric = "robust_accuracy"\nat_most = 0.1\n')
+
+
+def bound_claim(id, metric, cell, at_most):
+    return (f'[[claim]]\nid = "{id}"\npaper = "P"\nstatement = "s"\npaper_figure = "f"\n'
+            f'metric = "{metric}"\ncell = {cell}\nat_most = {at_most}\n')
+
+
+def test_a_bound_claim_tests_one_cell_against_its_bound(setup):
+    """`at_most`: an exact one-sided binomial test of the cell's rate against the bound."""
+    suite, store, tmp_path = setup
+    claims = claims_file(tmp_path, "".join([
+        # 5 of 100: P(X <= 5 | n = 100, p = 0.15) = 0.002
+        bound_claim("below", "robust_accuracy", '{ task = "digits", defense = "vanilla", attack = "pgd" }', 0.15),
+        # 5 of 100 against 5%: P(X <= 5) = 0.62, not below
+        bound_claim("at", "robust_accuracy", '{ task = "digits", defense = "vanilla", attack = "pgd" }', 0.05),
+        bound_claim("above", "robust_accuracy", '{ task = "digits", defense = "madry", attack = "pgd" }', 0.15),
+        bound_claim("unrun", "robust_accuracy", '{ task = "digits", defense = "madry", attack = "cw" }', 0.15),
+    ]))
+    rows = {row["id"]: row for row in build_reproduction(claims, suite, store)["rows"]}
+    assert rows["below"]["verdict"] == "holds"
+    assert rows["below"]["p_value"] == pytest.approx(binomtest(5, 100, 0.15, alternative="less").pvalue)
+    assert rows["below"]["worse"] == "at most 15%" and rows["below"]["ours_worse"] is None
+    assert rows["below"]["ours_better"] == "5.0 [1.6, 11.3] (n=100)"
+    assert rows["at"]["verdict"] == "does not hold" and "not significant" in rows["at"]["detail"]
+    assert rows["above"]["verdict"] == "does not hold"
+    assert "the opposite is significant" in rows["above"]["detail"]
+    assert rows["unrun"]["verdict"] == "not testable here" and "needs a GPU" in rows["unrun"]["detail"]
+    assert "at most 15%" in render_reproduction(build_reproduction(claims, suite, store))
+
+
+def test_a_test_time_attack_success_rate_counts_the_correctly_classified_examples(setup):
+    """As the leaderboard counts it: of the examples right before the attack, the share it turned
+    wrong (an example the model already got wrong is not a failed attack)."""
+    suite, store, tmp_path = setup
+    cell = next(c for c in suite.cells if (c.defense_label, c.attack_label) == ("mixup", "fgsm"))
+    store.open_cell(suite.name, cell, 1, "test", None)
+    # right on the first 60 examples before the attack; the attack turns 30 of them wrong
+    store.write_batch(cell.id, 0, outcomes([i < 60 for i in range(100)], [i < 30 for i in range(100)]))
+    store.finish_cell(cell.id)
+    claims = claims_file(tmp_path, bound_claim(
+        "flips", "attack_success_rate", '{ task = "digits", defense = "mixup", attack = "fgsm" }', 0.9))
+    row = build_reproduction(claims, suite, store)["rows"][0]
+    assert row["ours_better"] == rate(30, 60).format()
+
+
+def test_colour_block_shares_are_compared_by_rank(setup):
+    """Per-example shares recorded by pgd-block-share (outcome extra): lower is better, one-sided
+    Mann-Whitney U."""
+    suite, store, tmp_path = setup
+    cells = {(c.defense_label, c.attack_label): c for c in suite.cells}
+    rng = np.random.default_rng(1)
+    written = {}
+    for key, centre in ((("mixup", "pgd"), 0.55), (("vanilla", "cw"), 0.7)):
+        rows = outcomes([True] * 100, [False] * 100)
+        written[key] = rng.normal(centre, 0.1, 100).clip(0, 1)
+        for row, share in zip(rows, written[key]):
+            row["extra"] = {"colour_block_share": float(share)}
+        store.open_cell(suite.name, cells[key], 1, "test", None)
+        store.write_batch(cells[key].id, 0, rows)
+        store.finish_cell(cells[key].id)
+    mixup = '{ task = "digits", defense = "mixup", attack = "pgd" }'
+    vanilla = '{ task = "digits", defense = "vanilla", attack = "cw" }'
+    claims = claims_file(tmp_path, claim("less", "colour_block_share", mixup, vanilla)
+                         + claim("more", "colour_block_share", vanilla, mixup))
+    rows = {row["id"]: row for row in build_reproduction(claims, suite, store)["rows"]}
+    assert rows["less"]["verdict"] == "holds" and "Mann-Whitney" in rows["less"]["detail"]
+    assert rows["more"]["verdict"] == "does not hold"
+    assert "the opposite is significant" in rows["more"]["detail"]
+    assert rows["less"]["ours_better"].startswith("median 0.5") and "(n=100)" in rows["less"]["ours_better"]
+    # the leaderboard's attack table shows the mean share
+    from benchmark.leaderboard import build_leaderboard
+
+    board = build_leaderboard(store, suite.name)
+    shown = next(r for t in board["tables"] if t["attack"] == "pgd" for r in t["rows"]
+                 if r["defense"] == "mixup")
+    assert shown["metrics"]["colour_block_share"]["value"] == pytest.approx(written[("mixup", "pgd")].mean())
 
 
 def test_real_cpu_claims_name_cells_of_the_real_cpu_suite():
@@ -161,7 +249,7 @@ def test_real_cpu_claims_name_cells_of_the_real_cpu_suite():
     claims = load_claims(claims_path("real-cpu"))
     assert len(claims) >= 10
     for item in claims:
-        for side in (item.better, item.worse):
+        for side in item.sides:
             assert (side["task"], side["defense"], side.get("attack")) in labels, (item.id, side)
 
 

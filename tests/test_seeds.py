@@ -3,6 +3,7 @@ any existing cell, and claims over seeds are decided by a stratified paired test
 outcomes in a real SQLite store."""
 import numpy as np
 import pytest
+from scipy.stats import binomtest
 
 from benchmark.data import load_task
 from benchmark.errors import UsageError
@@ -21,6 +22,9 @@ PINNED_IDS = {
     ("real-cpu", "digits", "causaladv-m", "cw-20"): "f7c0320df2def4fb",
     ("real-cpu", "digits", "trades", "pgd-linf"): "0c396a462847907b",
     ("real-cpu", "digits", "ciiv", None): "4827729958aa5374",
+    # (ctoy gained seed replicates later: its seed-0 rows stay)
+    ("real-cpu", "ctoy", "vanilla", "pgd-linf"): "9dde3a9967e0413d",
+    ("real-cpu", "ctoy", "ciiv", "pgd-linf"): "0699715456c49690",
     ("real-cpu", "sst2", "ranmask-vote", "textfooler"): "94a8f2457b7a84c6",
     ("real-cpu", "sst2", "safer", None): "af9f6367899bbabe",
     ("mini", "digits", "madry", "pgd-linf"): "98096b8d84356766",
@@ -196,6 +200,31 @@ def test_a_tiny_n_cannot_refute_the_paper_and_says_so(tmp_path):
     # the same outcomes with the paper's difference large enough to be seen: it does not hold
     row = build_reproduction(claims(tmp_path, "paper_difference = 0.5"), suite, store)["rows"][0]
     assert row["verdict"] == "does not hold", row
+
+
+def test_a_bound_claim_over_seeds_needs_every_seed_below_the_bound(tmp_path):
+    """Seeds 0 and 1 leave 0 of 100 right, seed 2 leaves 8: pooled, 8 of 300 is below 5% (exact
+    binomial p = 0.04), but seed 2 alone is not, so the claim does not hold; with seed 2 at 0 too,
+    every seed's test rejects (0.95^100 = 0.006) and it holds."""
+    def bound(robust_seed_2):
+        robust = {(d, s): [False] * 100 for d in ("madry", "vanilla") for s in (0, 1)}
+        robust.update({(d, 2): [i < robust_seed_2 for i in range(100)] for d in ("madry", "vanilla")})
+        (tmp_path / str(robust_seed_2)).mkdir()
+        suite, store = seeded_store(tmp_path / str(robust_seed_2), robust, 100)
+        path = tmp_path / f"bound-{robust_seed_2}.toml"
+        path.write_text('[[claim]]\nid = "near-zero"\npaper = "P"\nstatement = "s"\n'
+                        'paper_figure = "f"\nmetric = "robust_accuracy"\nseeds = [0, 1, 2]\n'
+                        'at_most = 0.05\ncell = { task = "digits", defense = "vanilla", attack = "pgd" }\n')
+        return build_reproduction(load_claims(path), suite, store)["rows"][0]
+
+    row = bound(8)
+    assert binomtest(8, 300, 0.05, alternative="less").pvalue < 0.05
+    assert row["verdict"] == "does not hold", row
+    assert row["p_value"] == pytest.approx(binomtest(8, 100, 0.05, alternative="less").pvalue)
+    assert "per seed 0.0 / 0.0 / 8.0" in row["ours_better"]
+    row = bound(0)
+    assert row["verdict"] == "holds" and row["p_value"] == pytest.approx(0.95 ** 100)
+    assert "every one of 3 training seeds" in row["detail"]
 
 
 def test_a_missing_seed_makes_the_claim_not_testable(tmp_path):

@@ -196,6 +196,116 @@ def test_white_box_attacks_reach_vanilla(digits, tmp_path):
         assert outcomes[0].queries == 20
 
 
+def test_targeted_pgd_reaches_its_target(digits, tmp_path):
+    """Each target mode picks a class other than the true one (most / least likely by the model's
+    clean probabilities, random from the batch's seed), and the attack drives predictions to it far
+    more often than untargeted PGD at the same budget lands there."""
+    vanilla = build_defense("vanilla", digits, tmp_path, epochs=3, lr=1e-2)
+    xs, ys = digits.test.xs[:40], digits.test.ys[:40]
+    probs = vanilla.probs(xs)
+    others = np.where(np.eye(10, dtype=bool)[ys], np.nan, probs)
+    budget = {"eps": 0.3, "steps": 10}
+    untargeted = np.stack([o.adversarial for o in make_attack("pgd", **budget).run(vanilla, xs, ys, seed=0)])
+    untargeted_predictions = vanilla.predict(untargeted)
+    for target, expected in [("most-likely", np.nanargmax(others, axis=1)),
+                             ("least-likely", np.nanargmin(others, axis=1)), ("random", None)]:
+        outcomes = make_attack("pgd-targeted", target=target, **budget).run(vanilla, xs, ys, seed=3)
+        targets = np.array([o.extra["target"] for o in outcomes])
+        assert (targets != ys).all() and ((0 <= targets) & (targets < 10)).all()
+        if expected is not None:
+            assert (targets == expected).all(), target
+        else:  # the batch's seed draws them: the same seed the same targets, spread over classes
+            again = make_attack("pgd-targeted", target=target, **budget).run(vanilla, xs, ys, seed=3)
+            assert [o.extra["target"] for o in again] == targets.tolist()
+            assert len(set(targets.tolist())) >= 5
+        adversarial = np.stack([o.adversarial for o in outcomes])
+        assert np.abs(adversarial - xs).max() <= 0.3 + 1e-5
+        hits = np.mean(vanilla.predict(adversarial) == targets)
+        if target != "most-likely":  # untargeted PGD mostly lands on the most likely class anyway
+            assert hits > np.mean(untargeted_predictions == targets) + 0.3, (target, hits)
+        assert hits > 0.5, (target, hits)
+    with pytest.raises(UsageError, match="target must be one of most-likely, random, least-likely"):
+        make_attack("pgd-targeted", eps=0.1)
+
+
+@pytest.mark.parametrize("name", ["gn", "un"])
+def test_noise_attacks_stay_in_the_ball_and_the_image_range(digits, name):
+    """GN: N(0, sigma^2) clipped to the l-inf ball; UN: uniform in the ball; both then clipped to
+    [0, 1], seeded by the batch, and never a model query."""
+    attack = make_attack(name, eps=0.1, **({"sigma": 0.08} if name == "gn" else {}))
+    xs, ys = digits.test.xs[:30], digits.test.ys[:30]
+    outcomes = attack.run(None, xs, ys, seed=5)
+    adversarial = np.stack([o.adversarial for o in outcomes])
+    assert np.abs(adversarial - xs).max() <= 0.1 + 1e-6
+    assert adversarial.min() >= 0 and adversarial.max() <= 1
+    assert all(o.queries == 0 for o in outcomes)
+    assert np.array_equal(adversarial, np.stack([o.adversarial for o in attack.run(None, xs, ys, seed=5)]))
+    assert not np.array_equal(adversarial, np.stack([o.adversarial for o in attack.run(None, xs, ys, seed=6)]))
+    # On mid-grey images nothing meets the box: the noise's own distribution shows.
+    grey = np.full((200, 1, 8, 8), 0.5, dtype=np.float32)
+    delta = np.stack([o.adversarial for o in attack.run(None, grey, np.zeros(200, int), seed=1)]) - 0.5
+    on_faces = np.mean(np.isclose(np.abs(delta), 0.1, atol=1e-6))
+    if name == "gn":  # P(|N(0, 0.08^2)| > 0.1) = 2 (1 - Phi(1.25)) = 0.211
+        assert on_faces == pytest.approx(2 * (1 - norm.cdf(1.25)), abs=0.02)
+        assert np.std(delta) == pytest.approx(0.062, abs=0.004)  # the clipped normal's spread
+    else:
+        assert on_faces < 0.01 and np.mean(np.abs(delta)) == pytest.approx(0.05, abs=0.003)
+    with pytest.raises(UsageError, match="eps must be >= 0"):
+        make_attack(name, eps=-0.1)
+    if name == "gn":
+        with pytest.raises(UsageError, match="sigma must be > 0"):
+            make_attack("gn", sigma=0.0)
+
+
+def test_block_share_measures_the_perturbation_on_the_colour_blocks(digits, tmp_path):
+    from attacks.vision.block_share import colour_block_share
+
+    ctoy = load_task(TaskSpec.make("ctoy", {"seed": 0, "size": 16, "n_train": 30, "n_test": 20}))
+    xs, ys = ctoy.test.xs[:8], ctoy.test.ys[:8]
+    shape = (xs == 1.0).all(axis=1, keepdims=True)
+    assert 0.1 < shape.mean() < 0.7  # both regions are there
+    blocks_only = np.where(shape, xs, xs * 0.5)
+    shape_only = np.where(shape, 0.7, xs)
+    assert np.allclose(colour_block_share(blocks_only, xs), 1.0)
+    assert np.allclose(colour_block_share(shape_only, xs), 0.0)
+    # a uniform shift of every channel of every pixel spreads by area
+    assert np.allclose(colour_block_share(xs - 0.05, xs), 1 - shape.reshape(8, -1).mean(1))
+    model = build_defense("vanilla", ctoy, tmp_path, epochs=1)
+    attack = make_attack("pgd-block-share", eps=0.5, steps=3)
+    outcomes = attack.run(model, xs, ys, seed=0)
+    shares = np.array([o.extra["colour_block_share"] for o in outcomes])
+    adversarial = np.stack([o.adversarial for o in outcomes])
+    assert np.allclose(shares, colour_block_share(adversarial, xs)) and ((0 < shares) & (shares < 1)).all()
+    with pytest.raises(UsageError, match="needs RGB images"):
+        attack.run(model, digits.test.xs[:4], digits.test.ys[:4], seed=0)
+
+
+def test_real_cpu_ciiv_fidelity_rows():
+    """The CiiV ablations run on digits under another label with digits' own task, model, training
+    settings and test sample (so claims pair the same images), and only their clean and PGD-10
+    cells; the targeted PGD-10 entries differ from the untargeted one by their target alone."""
+    suite = load_suite("real-cpu")
+    digits_ciiv = next(c for c in suite.cells if c.task_label == "digits" and c.defense_label == "ciiv"
+                       and c.attack_label == "pgd-10-linf")
+    ablation = [c for c in suite.cells if c.task_label == "digits-ciiv-ablation"]
+    assert {(c.defense_label.split("@")[0], c.attack_label) for c in ablation} == {
+        (d, a) for d in ("ciiv-retiaug", "ciiv-n1") for a in (None, "pgd-10-linf")}
+    assert len(ablation) == 12  # three training seeds each
+    for cell in ablation:
+        assert (cell.task, cell.model) == (digits_ciiv.task, digits_ciiv.model)
+        if cell.attack_label:
+            assert (cell.protocol, cell.attack) == (digits_ciiv.protocol, digits_ciiv.attack)
+        changed = {k: v for k, v in cell.defense.params.items() if digits_ciiv.defense.params[k] != v}
+        assert changed == ({"w_reg": 0.0} if cell.defense_label.startswith("ciiv-retiaug")
+                           else {"num_samples": 1})
+    untargeted = digits_ciiv.attack.params
+    for target in ("most-likely", "random", "least-likely"):
+        cell = next(c for c in suite.cells if c.attack_label == f"pgd-10-{target}")
+        assert cell.attack.name == "pgd-targeted"
+        assert cell.attack.params == {**untargeted, "target": target}
+    assert not [c for c in suite.cells if c.attack_label == "pgd-block-share" and c.task_label != "ctoy"]
+
+
 # ---- defenses ----
 
 def test_adversarial_training_defenses_train_and_deploy(digits, tmp_path):

@@ -35,15 +35,24 @@ def perturbation_norm(adversarial: np.ndarray, original: np.ndarray, norm: str) 
 
 
 def run_torchattack(attack_class, defended, xs: np.ndarray, ys: np.ndarray, norm: str,
-                    queries: int, device: torch.device, **kwargs) -> list[AttackOutcome]:
+                    queries: int, device: torch.device, targets: np.ndarray | None = None,
+                    **kwargs) -> list[AttackOutcome]:
+    """Run a torchattacks attack on the defended model's logits; with `targets` (one class per
+    example) in torchattacks' targeted mode, each outcome recording its target."""
     model = DefendedLogits(defended)
     attack = attack_class(model, **kwargs)
     attack.set_device(device)
     images = torch.as_tensor(xs, device=device)
     labels = torch.as_tensor(ys, device=device)
+    if targets is not None:
+        target_labels = torch.as_tensor(targets, dtype=torch.long, device=device)
+        attack.set_mode_targeted_by_function(lambda inputs, labels: target_labels, quiet=True)
     adversarial = attack(images, labels).detach().cpu().numpy().astype(np.float32)
     sizes = perturbation_norm(adversarial, xs, norm)
-    return [AttackOutcome(adversarial[i], queries, float(sizes[i])) for i in range(len(ys))]
+    extras = ([{"target": int(t)} for t in targets] if targets is not None
+              else [{} for _ in ys])
+    return [AttackOutcome(adversarial[i], queries, float(sizes[i]), extras[i])
+            for i in range(len(ys))]
 
 
 def check_budget(name: str, config: dict) -> None:
