@@ -502,6 +502,10 @@ def test_sanity_checks_flag_violations():
     assert all(checks[name].status == "flag" for name in
                ["single-step", "more-steps", "unbounded", "black-box"]), checks
     assert checks["adaptive"].status == "ok"
+    # An EOT-PGD-20 stronger than a PGD-5 alone is a step count, not masked gradients.
+    eot20 = _run("eot20", "eot-pgd", {"norm": "linf", "eps": 0.1, "steps": 20}, [1] * 30 + [0] * 70)
+    assert sanity.check_adaptive([pgd5, eot20]).status == "n/a"
+    assert sanity.check_adaptive([pgd, eot20]).status == "flag"
     assert sanity.summarize(list(checks.values())).startswith("FLAG: single-step")
     good = sanity.run_checks([_run("fgsm", "fgsm", {"eps": 0.1}, [1] * 50 + [0] * 50),
                               _run("pgd", "pgd", {"eps": 0.1, "steps": 20}, [1] * 45 + [0] * 55)])
