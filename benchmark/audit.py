@@ -11,8 +11,11 @@ when the one-sided Clopper-Pearson upper bound of p_y(x') from `judge_samples` f
 below 1/2 (at level alpha / judge_candidates, Bonferroni over the candidates judged per example).
 
 The threat sets, by certificate unit:
-- `synonym_set` and `latent_l2` (IBP, SAFER, CISS): any combination of the task's substitution-table
-  substitutes. Every combination when there are at most `exhaustive_cap`, otherwise a beam search
+- `synonym_set` and `latent_l2` (IBP, SAFER, CISS, CROWD): any combination of per-word substitutes:
+  the model's own when it offers them (`substitution_options(text)`, one list per whitespace word,
+  empty where the word may not be replaced: CROWD's neighbour graph, which on the real tasks comes
+  from MiniLM similarity, not the task's table), else the task's substitution table. Every
+  combination when there are at most `exhaustive_cap`, otherwise a beam search
   (`beam_width`) over one more substitution at a time, guided by the model's score of y (the
   softmax of a deterministic model; the vote share over `guide_samples` common-random-number draws
   of a randomized one), plus `random_combinations` random combinations. For a latent certificate
@@ -28,7 +31,13 @@ holds with probability 1 - alpha (the cell's alpha), so a few violations are all
 flagged when its violation rate is significantly above alpha (one-sided binomial test at level
 0.05); a deterministic certificate allows none. Results go to the store (resumable, per example);
 a different budget is a different audit. Defenses are reached only through their registry entry
-and the interfaces (benchmark/interfaces.py: VoteCounter, Differentiable).
+and the interfaces (benchmark/interfaces.py: VoteCounter, Differentiable), plus the duck-typed
+`substitution_options(text) -> list[list[str]]` above (not in interfaces.py, whose source keys
+every model's cache).
+
+Backdoor cells of a certifying defense (CROWD) are audited too: their certified inputs are the
+triggered test texts (the outcome's `adversarial_text`), certified against the true label, and the
+model is the one the run built on the poisoned training split.
 """
 from __future__ import annotations
 
@@ -235,20 +244,32 @@ def training_vocabulary(task, size: int) -> list[str]:
 
 # Per-unit audits ----------------------------------------------------------------------------------
 
-def audit_text(model, task, unit: str, outcomes: list[dict], config: dict, judge: Judge):
-    """Yield (example_index, falsified, evidence) for certified text examples."""
+def substitution_options(model, task, text: str) -> list[list[str]]:
+    """Per whitespace word of `text`, the substitutes of the certificate's threat set: the model's
+    own when it has them (CROWD's neighbour graph), else the task's substitution table."""
+    if callable(getattr(model, "substitution_options", None)):
+        return model.substitution_options(text)
+    table = task.substitutions
+    return [table[w.lower()] if table is not None else [] for w in text.split()]
+
+
+def audit_text(model, task, unit: str, outcomes: list[dict], config: dict, judge: Judge,
+               backdoor: bool = False):
+    """Yield (example_index, falsified, evidence) for certified text examples: the test inputs, or
+    for a backdoor cell (`backdoor`) the triggered texts its certificates are about."""
     rng = np.random.default_rng(config["seed"])
     vocabulary = training_vocabulary(task, config["vocabulary"]) if unit == "words" else None
     latent = unit == "latent_l2" and callable(getattr(model, "latents", None))
     for outcome in outcomes:
-        text, label = task.test.inputs([outcome["example_index"]])[0], outcome["label"]
+        label = outcome["label"]
+        text = outcome["adversarial_text"] if backdoor else \
+            task.test.inputs([outcome["example_index"]])[0]
         words = text.split()
         if unit == "words":
             edits = int(outcome["radius"])
             scored, search = word_edit_candidates(words, edits, vocabulary, config, judge, label)
         else:
-            table = task.substitutions
-            options = [table[w.lower()] if table is not None else [] for w in words]
+            options = substitution_options(model, task, text)
             scored, search = substitution_candidates(words, options, config, judge, label, rng)
         evidence = {"search": search, "candidates": len(scored)}
         if latent:
@@ -344,7 +365,8 @@ def audit_cell(store, record, cell, task, build_model, config: dict, config_hash
     if unit == "l2":
         results = audit_l2(model, task, todo, config, judge)
     elif unit in SUBSTITUTION_UNITS or unit == "words":
-        results = audit_text(model, task, unit, todo, config, judge)
+        results = audit_text(model, task, unit, todo, config, judge,
+                             backdoor=cell.poison is not None)
     else:
         raise UsageError(f"no audit for certificate unit {record.certificate_unit!r}")
     for example_index, falsified, evidence in results:
@@ -378,12 +400,13 @@ def row_verdict(checked: int, falsified: int, randomized: bool, alpha: float) ->
 
 
 def certifying_cells(suite, store) -> list[tuple]:
-    """(store record, suite cell) of every finished clean cell of a certifying defense."""
+    """(store record, suite cell) of every finished clean or backdoor cell of a certifying defense
+    (attack cells are judged by their attacks, not certified)."""
     cells = {cell.id: cell for cell in suite.cells}
     found = []
     for record in store.cells(suite.name, status="done"):
         cell = cells.get(record.cell_id)
-        if cell is None or cell.attack is not None or cell.poison is not None:
+        if cell is None or cell.attack is not None:
             continue
         if DEFENSES.get(cell.defense.name).tags.get("certifies") and record.certificate_unit:
             found.append((record, cell))
@@ -392,10 +415,8 @@ def certifying_cells(suite, store) -> list[tuple]:
 
 def audit_suite(suite, store, config: dict, cache_dir=None, device=None, log=print) -> list[dict]:
     """Audit every certifying cell of the suite found finished in the store; returns one summary
-    per cell (with its task, defense and unit). Backdoor cells are not audited (their certified
-    inputs are triggered texts under the defense's own neighbour threat)."""
-    from benchmark.evaluate import build_defended, load_tasks
-    from benchmark.paths import default_cache_dir
+    per cell (with its task, defense, inputs: clean or a poisoner's triggered texts, and unit)."""
+    from benchmark.evaluate import load_tasks
 
     found = certifying_cells(suite, store)
     if not found:
@@ -408,14 +429,27 @@ def audit_suite(suite, store, config: dict, cache_dir=None, device=None, log=pri
         task = tasks[cell.task_label]
         log(f"auditing {cell.describe()} ({record.certificate_unit})")
         started = time.perf_counter()
-        audit_cell(store, record, cell, task,
-                   lambda: build_defended(cell, task, cache_dir or default_cache_dir(), device),
+        audit_cell(store, record, cell, task, lambda: cell_model(cell, task, cache_dir, device),
                    config, config_hash)
         summary = summarize(store, record.cell_id)
-        summaries.append({"task": record.task, "defense": record.defense,
+        inputs = "clean" if cell.poison is None else f"triggered ({record.attack})"
+        summaries.append({"task": record.task, "defense": record.defense, "inputs": inputs,
                           "unit": record.certificate_unit,
                           "seconds": time.perf_counter() - started, **summary})
     return summaries
+
+
+def cell_model(cell, task, cache_dir, device):
+    """The cell's defended model as the run built it: for a backdoor cell, on the poisoned training
+    split (cached with the run's)."""
+    from benchmark.evaluate import build_backdoor, build_defended, cell_batches, make_poisoner
+    from benchmark.paths import default_cache_dir
+
+    cache_dir = cache_dir or default_cache_dir()
+    if cell.poison is None:
+        return build_defended(cell, task, cache_dir, device)
+    return build_backdoor(cell, make_poisoner(cell), task, cell_batches(cell, task), cache_dir,
+                          device)[0]
 
 
 def format_report(summaries: list[dict], config: dict) -> str:
@@ -424,11 +458,12 @@ def format_report(summaries: list[dict], config: dict) -> str:
              f"model; bound: one-sided {100 * (1 - REPORT_ALPHA):.0f}% Clopper-Pearson upper bound "
              f"of the violation rate; allowed: alpha for a randomized certificate, 0 for a "
              f"deterministic one", ""]
-    header = ("task", "defense", "certificate unit", "checked", "falsified", "bound %", "allowed %",
-              "verdict", "seconds")
+    header = ("task", "defense", "inputs", "certificate unit", "checked", "falsified", "bound %",
+              "allowed %", "verdict", "seconds")
     rows = [header]
     for s in summaries:
-        rows.append((s["task"], s["defense"], s["unit"], str(s["checked"]), str(s["falsified"]),
+        rows.append((s["task"], s["defense"], s["inputs"], s["unit"], str(s["checked"]),
+                     str(s["falsified"]),
                      "n/a" if s["upper"] is None else f"{100 * s['upper']:.1f}",
                      f"{100 * s['allowed']:.1f}",
                      "BROKEN" if s["broken"] else "holds" if s["checked"] else "nothing certified",
@@ -438,6 +473,6 @@ def format_report(summaries: list[dict], config: dict) -> str:
     for s in summaries:
         for example in s["examples"]:
             if example["falsified"]:
-                lines.append(f"  {s['task']} / {s['defense']} example {example['example_index']}: "
-                             f"{example['evidence']}")
+                lines.append(f"  {s['task']} / {s['defense']} / {s['inputs']} example "
+                             f"{example['example_index']}: {example['evidence']}")
     return "\n".join(lines)

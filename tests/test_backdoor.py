@@ -401,6 +401,25 @@ def test_crowd_certificates_hold_for_every_substitution_sampled():
     assert 0.5 < realistic.distance("good", "fine") < 1
 
 
+def test_crowd_gives_the_audit_its_votes_and_its_threat_set():
+    """vote_counts: sampled (never exact), common random numbers under one seed, and the smoothed
+    vote's shares; substitution_options: the attacker's neighbours per word, a trailing mark kept
+    under the reference vocabulary, nothing for a word without a perturbation set."""
+    smoother = BetaWeightedSmoother(CANDIDATES, others(CANDIDATES), grid=512, vocabulary="reference")
+    model = CrowdModel(GoodDetector(), 2, smoother, {"predict_samples": 10})
+    counts, exact = model.vote_counts(["fine film", "fine film", "nice fine"], 4000, seed=7)
+    assert counts.sum(axis=1).tolist() == [4000] * 3 and not exact.any()
+    assert counts[0].tolist() == counts[1].tolist()  # one seed, one draw of the noise
+    assert counts[0][1] / 4000 == pytest.approx(exact_vote_share(smoother, "fine film"), abs=0.03)
+    assert counts[2][1] / 4000 == pytest.approx(exact_vote_share(smoother, "nice fine"), abs=0.03)
+    assert model.vote_counts(["fine film"], 4000, seed=8)[0].tolist() != counts[:1].tolist()
+    assert model.substitution_options("fine, film nice") == [["good,", "nice,"], [], ["good", "fine"]]
+    from benchmark.audit import substitution_options
+    split = Split(["fine film"], np.array([1]))
+    table_task = Task("t", "text", 2, split, split, substitutions=SubstitutionTable({"film": ["movie"]}))
+    assert substitution_options(model, table_task, "fine film")[1] == []  # the model's own threat
+
+
 def test_crowd_tv_bound_is_at_least_the_sampled_distance():
     smoother = BetaWeightedSmoother(CANDIDATES, others(CANDIDATES), grid=512)
     rng = np.random.default_rng(3)

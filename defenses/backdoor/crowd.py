@@ -71,6 +71,10 @@ Clopper-Pearson bound) with a total-variation bound that holds for the distribut
   q_w', with TV(q_w, q_w') <= 1/2 sum_c max(upper - lower) over the union of their sets;
 - per position the worst substitute counts; positions combine by `total_variation_bound`
   (benchmark.certify), and the prediction is certified when p_lower - TV > 1/2.
+
+The certificate audit (benchmark/audit.py) reaches two duck-typed methods of CrowdModel:
+`vote_counts(xs, samples, seed, exact_limit=None)`, the base classifier's votes (never exact), and
+`substitution_options(text)`, the threat set above spelled out per word of the text.
 """
 from __future__ import annotations
 
@@ -223,6 +227,16 @@ class BetaWeightedSmoother:
     def overlaps(self, text: str) -> list[float]:
         return [self.overlap(key) for _, key, _ in self._slots(text.split())]
 
+    def substitution_options(self, text: str) -> list[list[str]]:
+        """Per whitespace word of `text`, what the attacker may put there: the neighbours of its
+        vocabulary key, with its trailing mark kept as `_slots` sets it aside; empty for a word
+        without a perturbation set (the certificate does not cover replacing it)."""
+        words = text.split()
+        options: list[list[str]] = [[] for _ in words]
+        for i, key, mark in self._slots(words):
+            options[i] = [substitute + mark for substitute in self.substitutes.get(key, [])]
+        return options
+
 
 def word_counts(texts, vocabulary: str = "paper") -> dict[str, int]:
     """Word frequencies as the vocabulary rule reads words (see the module docstring)."""
@@ -334,6 +348,27 @@ class CrowdModel(ClassifierModel):
         rng = np.random.default_rng(np.random.randint(2**31))
         return np.stack([super(CrowdModel, self).probs(self.smoother.sample(x, samples, rng)).mean(0)
                          for x in xs])
+
+    def vote_counts(self, xs, samples: int, seed: int,
+                    exact_limit: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """The base classifier's votes on `samples` randomised copies of each text, for the audit:
+        (counts (texts x classes), exact (texts,)), never exact (the Beta draws are continuous, so
+        `exact_limit` does not apply). Every text's copies come from a generator seeded by `seed`
+        alone (common random numbers: texts that differ in one word draw alike at the other
+        positions), and each distinct copy of the call is classified once."""
+        copies = [copy for x in xs for copy in
+                  self.smoother.sample(x, samples, np.random.default_rng(seed))]
+        distinct, inverse = np.unique(np.asarray(copies, dtype=object), return_inverse=True)
+        votes = super().probs(list(distinct)).argmax(axis=1)[inverse].reshape(len(xs), samples)
+        counts = np.zeros((len(xs), self.num_classes), dtype=np.int64)
+        for row, text_votes in zip(counts, votes):
+            row[:] = np.bincount(text_votes, minlength=self.num_classes)
+        return counts, np.zeros(len(xs), dtype=bool)
+
+    def substitution_options(self, text: str) -> list[list[str]]:
+        """The certificate's threat set on `text`, per whitespace word: see
+        BetaWeightedSmoother.substitution_options."""
+        return self.smoother.substitution_options(text)
 
     def certify(self, xs, ys, alpha: float, seed: int) -> list[Certificate]:
         rng = np.random.default_rng(seed)
