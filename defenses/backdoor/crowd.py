@@ -350,7 +350,7 @@ class CrowdModel(ClassifierModel):
                          for x in xs])
 
     def vote_counts(self, xs, samples: int, seed: int,
-                    exact_limit: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+                    exact_limit: int = 0) -> tuple[np.ndarray, np.ndarray]:
         """The base classifier's votes on `samples` randomised copies of each text, for the audit:
         (counts (texts x classes), exact (texts,)), never exact (the Beta draws are continuous, so
         `exact_limit` does not apply). Every text's copies come from a generator seeded by `seed`
