@@ -791,3 +791,105 @@ def test_eps_warmup_ramps_the_training_budget_from_zero(digits, tmp_path):
         model = build_defense(name, digits, tmp_path / name, epochs=2, lr=3e-3, eps=0.2,
                               steps=2, eps_warmup_epochs=2)
         assert accuracy(model, digits.test.xs, digits.test.ys) > 0.2, name
+
+
+# ---- CiiV's Table 1 variants and baselines (issue 17) ----
+
+@pytest.mark.parametrize("attack", ["fgsm", "pgd"])
+def test_ciiv_at_trains_on_its_own_adversarial_examples(digits, tmp_path, attack):
+    import torch.nn.functional as F
+    from defenses.vision.ciiv_at import CiiVAdversarialLoss
+
+    model = build_defense("ciiv-at", digits, tmp_path, epochs=3, lr=1e-2, loops=3,
+                          reg_milestones=[1], attack=attack, eps=0.2)
+    assert isinstance(model, Randomized)
+    assert set(model.predict(digits.test.xs)) <= set(range(10))
+    config = resolve_config(DEFENSES.get("ciiv-at").obj.defaults,
+                            {"loops": 3, "attack": attack, "eps": 0.2}, "ciiv-at")
+    loss = CiiVAdversarialLoss(config)
+    x, y = torch.as_tensor(digits.train.xs[:100]), torch.as_tensor(digits.train.ys[:100])
+    torch.manual_seed(1)
+    adversarial = loss.adversarial(model.module, x, y)
+    assert (adversarial - x).abs().max() <= 0.2 + 1e-6 and (adversarial - x).abs().max() > 0.1
+
+    def cross_entropy(inputs):  # the deployed 3-loop average, the same draws for both inputs
+        torch.manual_seed(2)
+        with torch.no_grad():
+            return float(F.cross_entropy(model.module(inputs, loops=3)[0], y))
+    assert cross_entropy(adversarial) > cross_entropy(x) + 0.1
+
+
+def test_ciiv_at_rejects_bad_attacks(digits, tmp_path):
+    with pytest.raises(UsageError, match="attack must be one of fgsm, pgd"):
+        build_defense("ciiv-at", digits, tmp_path, epochs=1, attack="cw")
+    with pytest.raises(UsageError, match="steps and step_size apply to attack = 'pgd' only"):
+        build_defense("ciiv-at", digits, tmp_path, epochs=1, attack="fgsm", steps=5)
+    with pytest.raises(UsageError, match="need eps >= 0"):
+        build_defense("ciiv-at", digits, tmp_path, epochs=1, eps=-0.1)
+
+
+def test_fgsm_at_trains_and_rejects_bad_eps(digits, tmp_path):
+    import torch.nn.functional as F
+    from defenses.vision.common import EpochCrossEntropy
+    from defenses.vision.fgsm_at import fgsm_loss
+
+    model = build_defense("fgsm-at", digits, tmp_path, epochs=1, lr=1e-2, eps=0.2)
+    assert set(model.predict(digits.test.xs)) <= set(range(10))
+    # the training loss is the cross-entropy at x + eps * sign of the gradient at x itself
+    module = model.module
+    x, y = torch.as_tensor(digits.train.xs[:64]), torch.as_tensor(digits.train.ys[:64])
+    x.requires_grad_(True)
+    grad, = torch.autograd.grad(F.cross_entropy(module(x), y), x)
+    by_hand = F.cross_entropy(module((x + 0.2 * grad.sign()).clamp(0, 1).detach()), y)
+    torch.manual_seed(3)  # a random start (Madry's) would not give the same value
+    loss = fgsm_loss(0.2, EpochCrossEntropy())(module, x.detach(), y)
+    assert float(loss.detach()) == pytest.approx(float(by_hand.detach()), abs=1e-5)
+    with pytest.raises(UsageError, match="fgsm-at: need eps >= 0"):
+        build_defense("fgsm-at", digits, tmp_path, epochs=1, eps=-0.1)
+
+
+def test_bpfc_quantisation_on_hand_made_levels():
+    from defenses.vision.bpfc import bit_plane_quantise
+
+    x = torch.tensor([0, 10, 100, 255, 200]) / 255.0
+    # k = 5: v - v mod 32 + 16; -8 wraps as Python's modulo does (to -16) and clips to 0, 263 goes
+    # to 272 and clips to 255.
+    assert (bit_plane_quantise(x, 5, torch.zeros(5)) * 255).round().tolist() == [16, 16, 112, 240, 208]
+    noise = torch.tensor([-8.0, -8.0, 8.0, 8.0, -8.0])
+    assert (bit_plane_quantise(x, 5, noise) * 255).round().tolist() == [0, 16, 112, 255, 208]
+    # k = 7 keeps only the top bit: 64 or 192.
+    assert (bit_plane_quantise(x, 7, torch.zeros(5)) * 255).round().tolist() == [64, 64, 64, 192, 192]
+
+
+def test_bpfc_trains_and_rejects_bad_bits(digits, tmp_path):
+    model = build_defense("bpfc", digits, tmp_path, epochs=1, lr=1e-2, reg_milestones=[])
+    assert set(model.predict(digits.test.xs)) <= set(range(10))
+    assert accuracy(model, digits.test.xs, digits.test.ys) > 0.3
+    with pytest.raises(UsageError, match="bits must be an integer from 2 to 7"):
+        build_defense("bpfc", digits, tmp_path, epochs=1, bits=8)
+
+
+def test_real_cpu_ciiv_baseline_rows():
+    """CiiV's Table 1 variants and baselines run on digits under their own label, with digits'
+    task, model and test sample, only clean, FGSM, PGD-20 and EOT-PGD, three seeds each."""
+    suite = load_suite("real-cpu")
+    digits_ciiv = next(c for c in suite.cells if c.task_label == "digits" and c.defense_label == "ciiv"
+                       and c.attack_label == "pgd-linf")
+    rows = [c for c in suite.cells if c.task_label == "digits-ciiv-baselines"]
+    defenses = {"ciiv-at-fgsm": "ciiv-at", "ciiv-at-pgd-10": "ciiv-at", "at-fgsm": "fgsm-at",
+                "rs-10-trials": "randomized-smoothing", "bpfc": "bpfc"}
+    assert {(c.defense_label.split("@")[0], c.attack_label) for c in rows} == {
+        (d, a) for d in defenses for a in (None, "fgsm", "pgd-linf", "eot-pgd")}
+    assert len(rows) == 5 * 4 * 3
+    for cell in rows:
+        assert cell.defense.name == defenses[cell.defense_label.split("@")[0]]
+        assert (cell.task, cell.model) == (digits_ciiv.task, digits_ciiv.model)
+        if cell.attack_label == "pgd-linf":
+            assert cell.attack == digits_ciiv.attack
+            assert cell.protocol.n_examples == digits_ciiv.protocol.n_examples
+    smoothing = next(c for c in rows if c.defense_label == "rs-10-trials")
+    assert smoothing.defense.params["predict_samples"] == 10 and smoothing.defense.params["sigma"] == 0.25
+    ciiv_pgd = next(c for c in rows if c.defense_label == "ciiv-at-pgd-10")
+    changed = {k: v for k, v in ciiv_pgd.defense.params.items()
+               if digits_ciiv.defense.params.get(k, "absent") != v}
+    assert changed == {"attack": "pgd", "eps": 0.2, "steps": 10, "step_size": None}
