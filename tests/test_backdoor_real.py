@@ -1,7 +1,8 @@
 """The backdoor poisoners against OpenBackdoor's own poisoned SST-2 (target 1) and HSOL (target 0)
 in ../shared/data/openbackdoor (skipped when absent, as tests/test_data_real.py): SynBkd and StyleBkd
 find a poisoned form for every text the tasks load, and the suite's BadNets and AddSent agree in
-distribution with OpenBackdoor's on the same clean texts."""
+distribution with OpenBackdoor's on the same clean texts. And real-cpu's backdoor cells evaluate the
+whole test splits of the local copies."""
 import os
 from pathlib import Path
 
@@ -14,10 +15,13 @@ from scipy import stats
 
 from attacks.backdoor.paraphrase import _read_openbackdoor_csv
 from benchmark import backdoor
+from benchmark.data import load_task
 from benchmark.data.base import Split
 from benchmark.data.real import load_hsol_task, load_sst2_task
+from benchmark.evaluate import cell_batches
 from benchmark.registry import POISONERS
 from benchmark.specs import PoisonSpec
+from benchmark.suite import load_suite
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 OPENBACKDOOR = SHARED_DATA / "openbackdoor"
@@ -114,3 +118,21 @@ def test_insertion_poisoners_agree_with_openbackdoor(folder, target, attack, len
     assert len(test_theirs) == int((test_labels != target).sum()) and (test_their_labels == target).all()
     non_target = [t for t, y in zip(test_clean, test_labels) if y != target]
     assert insertion_statistics(non_target, test_theirs, length)[0].tolist() == [length] * len(non_target)
+
+
+def test_real_cpu_backdoor_cells_evaluate_the_whole_test_splits():
+    """Each TextCNN backdoor cell of real-cpu evaluates every test example of the local copy (at
+    n = 200 the "small benign cost" claims had no power); the four MiniLM base-model rows (issue 16)
+    evaluate one sample, so their claims pair every example."""
+    suite = load_suite("real-cpu", data_root=SHARED_DATA)
+    minilm_samples = {}
+    for cell in (c for c in suite.cells if c.poison is not None):
+        task = load_task(cell.task, suite.data_root)
+        examples = np.concatenate(cell_batches(cell, task))
+        if cell.model.params.get("name_or_path") == "minilm":
+            minilm_samples[(cell.task_label, cell.defense_label)] = examples.tolist()
+        else:
+            assert len(examples) == len(task.test), cell.describe()
+    assert sorted(minilm_samples) == [(task, defense) for task in ("sst2-minilm-frozen", "sst2-minilm-full")
+                                      for defense in ("crowd", "none")]
+    assert len({tuple(sample) for sample in minilm_samples.values()}) == 1
