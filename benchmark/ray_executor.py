@@ -35,7 +35,7 @@ import sys
 import tempfile
 import time
 import traceback
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from pathlib import Path
 
 from tqdm.auto import tqdm
@@ -276,7 +276,7 @@ class _Run:
             "executor": "ray", "ray_version": ray.__version__,
             "ray_resources": ray.cluster_resources()})
         task_refs, task_keys, groups = {}, {}, {}
-        cells, backdoor_cells = {}, []
+        cells, keys = {}, {}
         for cell in self.suite.cells:
             task = tasks[cell.task_label]
             cells[cell.id] = cell
@@ -296,39 +296,68 @@ class _Run:
             if cell.task_label not in task_refs:
                 task_refs[cell.task_label] = ray.put(task)
                 task_keys[cell.task_label] = f"{cell.task.hash}-{content_hash(task.checksums())}"
-            if cell.poison is not None:
-                backdoor_cells.append(cell)
-            else:
+            if cell.poison is None:
+                keys[cell.id] = key
                 groups.setdefault(key, []).append(cell)
 
         remote_build = ray.remote(build_unit)
         remote_batch = ray.remote(batch_unit)
         remote_backdoor = ray.remote(backdoor_unit)
-        # object ref -> ("build", key, None), ("batch", cell id, batch index) or
-        # ("backdoor", cell id, None)
-        pending = {}
-        for cell in backdoor_cells:
+        artifacts = {}  # build key -> (names of its cache files, [object ref of their bytes])
+
+        def submit_backdoor(cell):
             resources = self.suite.resources.get(cell.task_label, {})
             ref = remote_backdoor.options(**resources).remote(
                 cell, task_keys[cell.task_label], [task_refs[cell.task_label]],
                 sorted(self.remaining[cell.id]), str(self.cache_dir), self.plugins,
                 resources.get("num_cpus", 1))
-            pending[ref] = ("backdoor", cell.id, None)
-        artifacts = {}  # build key -> (names of its cache files, [object ref of their bytes])
-        for key, members in groups.items():
-            first = members[0]
+            return ref, ("backdoor", cell.id, None)
+
+        def submit_build(key):
+            first = groups[key][0]
             resources = self.suite.resources.get(first.task_label, {})
             have = {name: path.read_bytes() for name, path in key_files(self.cache_dir, key).items()}
             artifacts[key] = (sorted(have), [ray.put(have)] if have else [])
             ref = remote_build.options(**resources).remote(
                 first, key, task_keys[first.task_label], [task_refs[first.task_label]],
                 *artifacts[key], str(self.cache_dir), self.plugins, resources.get("num_cpus", 1))
-            pending[ref] = ("build", key, None)
+            return ref, ("build", key, None)
+
+        def submit_batch(cell, key, index):
+            resources = self.suite.resources.get(cell.task_label, {})
+            ref = remote_batch.options(**resources).remote(
+                cell, key, task_keys[cell.task_label], [task_refs[cell.task_label]],
+                *artifacts[key], index, str(self.cache_dir), self.plugins,
+                resources.get("num_cpus", 1))
+            return ref, ("batch", cell.id, index)
+
+        # Units start in the suite's order (a built model's batches ahead of later builds), with no
+        # more in flight than the cluster has CPUs: Ray does not keep submission order across unit
+        # kinds, and a run cut short should have finished the suite's first cells, not started all.
+        waiting = deque()
+        started = set()
+        for cell in self.suite.cells:
+            if cell.id not in self.remaining:
+                continue
+            if cell.poison is not None:
+                waiting.append(lambda cell=cell: submit_backdoor(cell))
+            else:
+                key = keys[cell.id]
+                if key not in started:
+                    started.add(key)
+                    waiting.append(lambda key=key: submit_build(key))
+        slots = max(1, int(ray.cluster_resources().get("CPU", 1)))
+        # object ref -> ("build", key, None), ("batch", cell id, batch index) or
+        # ("backdoor", cell id, None)
+        pending = {}
         counts: dict[str, int] = {}
         total = sum(len(todo) for todo in self.remaining.values())
         progress = tqdm(total=total, desc=f"suite {self.suite.name} (ray)", unit="batch")
         try:
-            while pending:
+            while waiting or pending:
+                while waiting and len(pending) < slots:
+                    ref, unit = waiting.popleft()()
+                    pending[ref] = unit
                 (ref,), _ = ray.wait(list(pending), num_returns=1)
                 kind, name, batch_index = pending.pop(ref)
                 try:
@@ -349,14 +378,9 @@ class _Run:
                     record = training_record(self.cache_dir, name)
                     for cell in groups[name] if record is not None else ():
                         self.store.add_training_record(cell.id, record)
-                    for cell in groups[name]:
-                        resources = self.suite.resources.get(cell.task_label, {})
-                        for index in sorted(self.remaining[cell.id]):
-                            batch_ref = remote_batch.options(**resources).remote(
-                                cell, name, task_keys[cell.task_label],
-                                [task_refs[cell.task_label]], *artifacts[name], index,
-                                str(self.cache_dir), self.plugins, resources.get("num_cpus", 1))
-                            pending[batch_ref] = ("batch", cell.id, index)
+                    batches = [lambda cell=cell, index=index, key=name: submit_batch(cell, key, index)
+                               for cell in groups[name] for index in sorted(self.remaining[cell.id])]
+                    waiting.extendleft(reversed(batches))
                     continue
                 cell = cells[name]
                 if "error" in result:
