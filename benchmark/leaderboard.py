@@ -394,6 +394,11 @@ def build_leaderboard(store: Store, suite: str, submissions: list[dict] = (),
     matrices = build_matrices(ordered, attacked)
     not_done = [{"task": r.task, "defense": r.defense, "attack": r.attack, "status": r.status,
                  "reason": r.reason} for r in current if r.status in ("failed", "not_run")]
+    # A run in progress or cut short: its cells' rows are missing, and the page must say so.
+    stored = {r.cell_id for r in current}
+    unfinished = sum(r.status == "running" for r in current) + \
+        (len(set(cell_ids) - stored) if cell_ids is not None else 0)
+    cells_total = len(cell_ids) if cell_ids is not None else len(current)
     runs = store.runs(suite)
     manifest = {k: runs[-1]["manifest"].get(k) for k in MANIFEST_KEYS} if runs else {}
     if manifest.get("data"):
@@ -402,7 +407,8 @@ def build_leaderboard(store: Store, suite: str, submissions: list[dict] = (),
     history = [{"git_commit": run["manifest"].get("git_commit"),
                 "git_dirty": run["manifest"].get("git_dirty")} for run in runs]
     return {"suite": suite, "interval": "95% Clopper-Pearson", "manifest": manifest,
-            "runs": history, "matrices": matrices, "tables": ordered, "not_run": not_done}
+            "runs": history, "matrices": matrices, "tables": ordered, "not_run": not_done,
+            "unfinished": {"cells": unfinished, "of": cells_total}}
 
 
 def collapse_checks(store: Store, clean: dict) -> dict:
@@ -552,6 +558,16 @@ def run_history(board: dict) -> str | None:
             "has one configuration.")
 
 
+def unfinished_line(board: dict) -> str | None:
+    """None when every cell of the suite has finished (done, not run or failed)."""
+    unfinished = board.get("unfinished") or {"cells": 0}
+    if not unfinished["cells"]:
+        return None
+    return (f"Unfinished: {unfinished['cells']} of the suite's {unfinished['of']} cells are not "
+            f"measured yet (a run in progress or cut short; `rbench run` resumes it). Their rows "
+            f"are missing from these tables, and claims on them are not testable here.")
+
+
 def table_title(table: dict) -> str:
     return "clean inputs" if table["threat_id"] == "clean" else f"{table['attack']} ({table['threat_id']})"
 
@@ -563,6 +579,7 @@ def render_markdown(board: dict) -> str:
         tasks.setdefault(table["task"], []).append(table)
     return TEMPLATES.get_template("leaderboard.md").render(
         board=board, manifest=manifest, machine=machine(manifest), history=run_history(board),
+        unfinished=unfinished_line(board),
         tasks=tasks, data=manifest.get("data") or {}, sanity=sanity_lines(board),
         tabulate=lambda found: tabulate(found[1], found[0], tablefmt="github"),
         table_rows=table_rows, matrix_rows=matrix_rows, ranked_by_text=ranked_by_text,

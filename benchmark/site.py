@@ -18,7 +18,7 @@ from pathlib import Path
 from benchmark.files import write_text
 from benchmark.leaderboard import (TEMPLATES, data_text, flagged, format_audit, machine,
                                    matrix_columns, rank_interval, ranked_by_text, run_history,
-                                   table_columns, table_title)
+                                   table_columns, table_title, unfinished_line)
 from benchmark.metrics import MATRIX, metric
 from benchmark.reproduction import rule_text, verdict_counts
 
@@ -244,6 +244,7 @@ def render_index(board: dict, reproduction: dict | None = None) -> str:
     entries = sorted({r["submission"] for t in board["tables"] for r in t["rows"] if r.get("submission")})
     return render("index.html", f"rbench leaderboard: {board['suite']}", board=board,
                   manifest=manifest, machine=machine(manifest), history=run_history(board),
+                  unfinished=unfinished_line(board),
                   reproduction=reproduction, tasks=tasks, entries=entries,
                   worst_case_help=f"{metric('worst_case_accuracy').label}: "
                                   f"{metric('worst_case_accuracy').help}.",

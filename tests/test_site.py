@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from benchmark.leaderboard import (build_leaderboard, certified_curve, render_markdown,
-                                   threat_family, write_leaderboard)
+                                   threat_family, unfinished_line, write_leaderboard)
 from benchmark.site import GENERATOR, nice_ticks, write_site
 from benchmark.specs import AttackSpec, Cell, DefenseSpec, ModelSpec, Protocol, TaskSpec
 from benchmark.store import Store
@@ -426,3 +426,20 @@ def test_reproduction_page_is_linked_and_escaped(tmp_path, page):
     assert "<script>window.pwned=1</script>" in rows.nth(1).inner_text()
     assert page.evaluate("window.pwned") is None
     assert "Rule: a claim holds when" in page.locator("p.small.muted").inner_text()
+
+
+def test_a_board_of_an_unfinished_run_says_how_many_cells_are_missing(tmp_path):
+    """A run cut short (a cell opened, not finished) or a suite grown since (a cell not in the
+    store): the page says how many of the suite's cells are not measured; a finished one does not."""
+    store = fill_store(tmp_path / "s.sqlite", defenses={"vanilla": DEFENSES["vanilla"]})
+    finished = {record.cell_id for record in store.cells("mini")}
+    assert unfinished_line(build_leaderboard(store, "mini", cell_ids=finished)) is None
+    opened = Cell(TaskSpec.make("digits"), ModelSpec.make("smallcnn"),
+                  DefenseSpec.make("vanilla", {"tag": "opened"}), None, Protocol(n_examples=N),
+                  "digits", "opened")
+    store.open_cell("mini", opened, 1, "no attack (clean inputs)", None)
+    board = build_leaderboard(store, "mini", cell_ids=finished | {opened.id, "0" * 16})
+    assert board["unfinished"] == {"cells": 2, "of": 5}
+    assert "Unfinished: 2 of the suite's 5 cells are not measured yet" in render_markdown(board)
+    write_site(board, tmp_path / "site")
+    assert "Unfinished: 2 of the suite&#39;s 5 cells" in (tmp_path / "site" / "index.html").read_text()
