@@ -560,7 +560,7 @@ def run_history(board: dict) -> str | None:
 
 def unfinished_line(board: dict) -> str | None:
     """None when every cell of the suite has finished (done, not run or failed)."""
-    unfinished = board.get("unfinished") or {"cells": 0}
+    unfinished = board["unfinished"]
     if not unfinished["cells"]:
         return None
     return (f"Unfinished: {unfinished['cells']} of the suite's {unfinished['of']} cells are not "

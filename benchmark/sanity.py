@@ -20,8 +20,8 @@ Separately, a row whose model **collapsed** is flagged (`collapsed`, shown only 
 predicts fewer than half of the classes in its sample, or its clean accuracy is below half of the
 vanilla model's on the same task, or its last training epoch's mean classification cross-entropy
 is near chance (at least LOSS_NEAR_CHANCE of ln C, for models whose training records it: Madry,
-TRADES, CausalAdv). Adversarial training at a large
-budget can end there, and such a row's figures say nothing about the method.
+TRADES, CausalAdv, fgsm-at, BPFC). Adversarial training at a large budget can end there, and such
+a row's figures say nothing about the method.
 
 "Stronger" and "higher" mean beyond sampling noise: a one-sided exact test at level ALPHA, paired
 (McNemar, on the examples both cells evaluated) when one cell's examples contain the other's (the
