@@ -27,6 +27,8 @@ def command_run(args) -> int:
     from benchmark.suite import load_suite
 
     suite = load_suite(args.suite, args.data_root)
+    if args.task:
+        suite = select_tasks(suite, args.task)
     load_tasks(suite)
     if args.executor != "ray" and (args.address or args.num_cpus):
         raise UsageError("--address and --num-cpus are for --executor ray")
@@ -45,6 +47,19 @@ def command_run(args) -> int:
     print(f"suite {suite.name}: {len(suite.cells)} cells, " +
           ", ".join(f"{n} {status}" for status, n in sorted(counts.items())) + f"; store {store.path}")
     return 1 if counts.get("failed") else 0
+
+
+def select_tasks(suite, task_labels: list[str]):
+    """The suite restricted to the named tasks' cells, in the suite's order. A run split this way
+    writes the same cells (same ids) as a whole run, so its store completes the suite's board."""
+    from dataclasses import replace
+
+    labels = list(dict.fromkeys(cell.task_label for cell in suite.cells))
+    unknown = [label for label in task_labels if label not in labels]
+    if unknown:
+        raise UsageError(f"suite {suite.name} has no task {', '.join(unknown)}; "
+                         f"its tasks are {', '.join(labels)}")
+    return replace(suite, cells=[cell for cell in suite.cells if cell.task_label in task_labels])
 
 
 def print_time_spent(cells: list[dict], slowest: int = 10) -> None:
@@ -217,6 +232,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--store", help="results store (default: results/<suite>.sqlite)")
     run.add_argument("--data-root", help="directory holding local copies of the real datasets")
     run.add_argument("--cache", help="cache directory for trained models (default: .cache/rbench)")
+    run.add_argument("--task", action="append", default=[], metavar="LABEL",
+                     help="run only this task's cells (repeatable; default: every task)")
     run.add_argument("--executor", choices=["local", "ray"], default="local",
                      help="local (default): this process; ray: cells and batches as Ray tasks")
     run.add_argument("--address", help="Ray cluster to use (e.g. auto, ray://head:10001); "
