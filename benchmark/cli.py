@@ -85,6 +85,25 @@ def print_time_spent(cells: list[dict], slowest: int = 10) -> None:
                    headers=["task", "defense", "attack", "build s", "batches s"]))
 
 
+def command_merge(args) -> int:
+    from benchmark.store import Store
+    from benchmark.suite import load_suite
+
+    suite = load_suite(args.suite)
+    for source in args.sources:
+        if not Path(source).is_file():
+            raise UsageError(f"no results store at {source}")
+    store = Store(args.store or default_store_path(suite.name))
+    try:
+        for source in args.sources:
+            counts = store.merge(suite.name, source)
+            print(f"{source}: " + ", ".join(f"{n} {what}" for what, n in sorted(counts.items())) +
+                  f" merged into {store.path}")
+    finally:
+        store.close()
+    return 0
+
+
 def command_leaderboard(args) -> int:
     from benchmark.leaderboard import write_leaderboard
     from benchmark.reproduction import verdict_counts, write_reproduction
@@ -240,6 +259,13 @@ def build_parser() -> argparse.ArgumentParser:
                      "default: start a local Ray instance")
     run.add_argument("--num-cpus", type=int, help="CPUs of the local Ray instance (default: all)")
     run.set_defaults(handler=command_run)
+
+    merge = commands.add_parser("merge", help="copy the suite's finished cells from other stores "
+                                "(e.g. `rbench run --task` on other machines) into this one")
+    merge.add_argument("suite")
+    merge.add_argument("sources", nargs="+", metavar="SOURCE", help="a results store to copy from")
+    merge.add_argument("--store", help="the store to complete (default: results/<suite>.sqlite)")
+    merge.set_defaults(handler=command_merge)
 
     board = commands.add_parser("leaderboard", parents=[plugin_option],
                                 help="write leaderboards/<suite>/ from the store")

@@ -342,6 +342,63 @@ class Store:
             result.append(record)
         return result
 
+    def merge(self, suite: str, source: str | Path) -> dict:
+        """Copy from another store every cell of `suite` that is finished there (done or not run)
+        and not done here, with its outcomes, timings, training record and audits, and the
+        suite's runs not already here; one transaction, so an interrupted merge copies nothing.
+        Cells are keyed by their specs, so stores of one suite's tasks run on different machines
+        (`rbench run --task`) complete each other. A cell done here is kept as it is."""
+        Store(source, read_only=True).close()  # refuse a file that is not a readable store
+        source_uri = f"{Path(source).resolve().as_uri()}?mode=ro"
+        self.db.execute("ATTACH DATABASE ? AS source", (source_uri,))
+        try:
+            self.db.execute("BEGIN IMMEDIATE")
+            try:
+                counts = self._merge_attached(suite)
+                self.db.execute("COMMIT")
+            except BaseException:
+                self.db.execute("ROLLBACK")
+                raise
+        finally:
+            self.db.execute("DETACH DATABASE source")
+        return counts
+
+    def _merge_attached(self, suite: str) -> dict:
+        source_tables = {row[0] for row in self.db.execute(
+            "SELECT name FROM source.sqlite_master WHERE type = 'table'")}
+        self.db.execute("CREATE TEMP TABLE merged AS SELECT cell_id FROM source.cells s WHERE "
+                        "s.suite = ? AND s.status IN ('done', 'not_run') AND NOT EXISTS (SELECT 1 "
+                        "FROM main.cells c WHERE c.cell_id = s.cell_id AND c.status = 'done')",
+                        (suite,))
+        try:
+            merged = "cell_id IN (SELECT cell_id FROM temp.merged)"
+            # A cell here that is unfinished loses its partial batches to the finished copy.
+            for table in ("outcomes", "batches", "batch_seconds", "build_seconds",
+                          "training_records", "audit_outcomes", "audit_cells"):
+                self.db.execute(f"DELETE FROM main.{table} WHERE {merged}")
+            self.db.execute(f"INSERT OR REPLACE INTO main.cells SELECT * FROM source.cells "
+                            f"WHERE {merged}")
+            for table in ("batches", "outcomes", "batch_seconds", "build_seconds",
+                          "training_records", "audit_outcomes"):
+                if table in source_tables:
+                    self.db.execute(f"INSERT INTO main.{table} SELECT * FROM source.{table} "
+                                    f"WHERE {merged}")
+            if "audit_cells" in source_tables:
+                self.db.execute("INSERT INTO main.audit_cells (cell_id, config_hash, config, "
+                                "randomized, alpha) SELECT cell_id, config_hash, config, "
+                                f"randomized, alpha FROM source.audit_cells WHERE {merged} "
+                                "ORDER BY audit_id")
+            runs = self.db.execute(
+                "INSERT INTO main.runs (suite, started_at, manifest) SELECT suite, started_at, "
+                "manifest FROM source.runs s WHERE s.suite = ? AND NOT EXISTS (SELECT 1 FROM "
+                "main.runs r WHERE r.suite = s.suite AND r.started_at = s.started_at AND "
+                "r.manifest = s.manifest) ORDER BY run_id", (suite,)).rowcount
+            statuses = self.db.execute("SELECT status, COUNT(*) FROM main.cells WHERE cell_id IN "
+                                       "(SELECT cell_id FROM temp.merged) GROUP BY status")
+            return {**{status: count for status, count in statuses}, "runs": runs}
+        finally:
+            self.db.execute("DROP TABLE temp.merged")
+
     # Certificate audits ----------------------------------------------------------------------
     def open_audit(self, cell_id: str, config_hash: str, config: dict, randomized: bool,
                    alpha: float) -> None:

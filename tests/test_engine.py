@@ -272,3 +272,43 @@ def test_sample_counts_share_one_trained_model(defense, task_name, model, counts
 
     assert key(counts) == key({})
     assert key(shaping) != key({})
+
+
+def test_a_suite_run_task_by_task_and_merged_equals_the_whole_run(tiny_run, tmp_path, capsys):
+    """`run --task` on two machines, then `merge`: the same cells, outcomes and tables."""
+    whole_store, whole_board = tiny_run
+    suite = str(FIXTURES / "tiny.toml")
+    parts = []
+    for task in ("digits", "toy-sentiment"):
+        part = tmp_path / f"{task}.sqlite"
+        assert main(["run", suite, "--task", task, "--store", str(part)]) == 0
+        assert {c.task for c in Store(part).cells("tiny")} == {task}
+        parts.append(str(part))
+    merged = tmp_path / "merged.sqlite"
+    assert main(["merge", suite, *parts, "--store", str(merged)]) == 0
+    assert main(["merge", suite, *parts, "--store", str(merged)]) == 0  # again: nothing changes
+    assert main(["leaderboard", suite, "--store", str(merged), "--out", str(tmp_path / "b")]) == 0
+    whole, combined = Store(whole_store), Store(merged)
+    assert sorted(c.cell_id for c in combined.cells("tiny")) == sorted(
+        c.cell_id for c in whole.cells("tiny"))
+    for cell in whole.cells("tiny"):
+        assert combined.outcomes(cell.cell_id) == whole.outcomes(cell.cell_id)
+    assert len(combined.runs("tiny")) == 2
+    tables = [json.loads((board / "leaderboard.json").read_text())["tables"]
+              for board in (whole_board, tmp_path / "b")]
+    assert tables[0] == tables[1]
+
+
+def test_an_unknown_task_is_refused_with_the_suites_tasks(tmp_path, capsys):
+    assert main(["run", str(FIXTURES / "tiny.toml"), "--task", "mnist",
+                 "--store", str(tmp_path / "s.sqlite")]) == 2
+    assert "has no task mnist; its tasks are digits, toy-sentiment" in capsys.readouterr().err
+    assert not (tmp_path / "s.sqlite").exists()
+
+
+def test_merge_refuses_a_file_that_is_not_a_store(tmp_path, capsys):
+    foreign = tmp_path / "foreign.sqlite"
+    sqlite3.connect(foreign).execute("CREATE TABLE t (x)")
+    assert main(["merge", str(FIXTURES / "tiny.toml"), str(foreign),
+                 "--store", str(tmp_path / "s.sqlite")]) == 2
+    assert "not an rbench results store" in capsys.readouterr().err
