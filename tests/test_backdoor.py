@@ -446,7 +446,8 @@ class UnitVectors:
 
 def test_perturbation_sets_are_neighbour_graph_components_cut_to_the_most_similar():
     # a - b - c is a chain (a and c are not neighbours); d has no neighbour; e is seen once.
-    vectors = UnitVectors({"a": [1, 0, 0], "b": [0.8, 0.6, 0], "c": [0.28, 0.96, 0],
+    # b is closer to a (0.8) than to c (0.7745): no tie for the cut to break by rounding.
+    vectors = UnitVectors({"a": [1, 0, 0], "b": [0.8, 0.6, 0], "c": [0.24, 0.9708, 0],
                            "d": [0, 0, 1], "e": [0.99, 0.01, 0]})
     xs = ["a b c d", "a b c d e"]
     train = Split(xs, np.array([0, 1]))
@@ -457,7 +458,7 @@ def test_perturbation_sets_are_neighbour_graph_components_cut_to_the_most_simila
     candidates, substitutes = build_candidates(task, config, vectors)
     assert substitutes == {"a": ["b"], "b": ["a", "c"], "c": ["b"]}  # the threat: direct neighbours
     assert candidates["a"][0] == ["a", "b", "c"] and candidates["c"][0] == ["c", "b", "a"]
-    assert candidates["a"][1].tolist() == [1.0, 0.8, 0.28]
+    assert np.round(candidates["a"][1], 4).tolist() == [1.0, 0.8, 0.24]
     assert "d" not in candidates and "e" not in candidates  # no neighbour; seen once
     cut = build_candidates(task, {**config, "set_size": 2}, vectors)[0]
     assert cut["a"][0] == ["a", "b"] and cut["b"][0] == ["b", "a"]
