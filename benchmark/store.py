@@ -89,6 +89,11 @@ CREATE TABLE IF NOT EXISTS audit_outcomes (
 );
 """
 
+# The tables whose rows belong to one cell and are copied whole by `Store.merge` (audit_cells,
+# keyed by its own id, is copied without it).
+CELL_TABLES = ("batches", "outcomes", "batch_seconds", "build_seconds", "training_records",
+               "audit_outcomes")
+
 OUTCOME_COLUMNS = ("example_index", "label", "clean_prediction", "adversarial_prediction", "success",
                    "queries", "perturbation", "certified", "radius", "abstained", "p_lower",
                    "adversarial_text", "extra")
@@ -373,13 +378,11 @@ class Store:
         try:
             merged = "cell_id IN (SELECT cell_id FROM temp.merged)"
             # A cell here that is unfinished loses its partial batches to the finished copy.
-            for table in ("outcomes", "batches", "batch_seconds", "build_seconds",
-                          "training_records", "audit_outcomes", "audit_cells"):
+            for table in (*CELL_TABLES, "audit_cells"):
                 self.db.execute(f"DELETE FROM main.{table} WHERE {merged}")
             self.db.execute(f"INSERT OR REPLACE INTO main.cells SELECT * FROM source.cells "
                             f"WHERE {merged}")
-            for table in ("batches", "outcomes", "batch_seconds", "build_seconds",
-                          "training_records", "audit_outcomes"):
+            for table in CELL_TABLES:
                 if table in source_tables:
                     self.db.execute(f"INSERT INTO main.{table} SELECT * FROM source.{table} "
                                     f"WHERE {merged}")
